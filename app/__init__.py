@@ -1,0 +1,1 @@
+"""The Celery application of celery-bundle: pricing, quotes, notifications, reports."""

@@ -1,0 +1,229 @@
+"""The Celery application: `celery -A app.celery_app worker|beat|flower`.
+
+Queues, routing by task name, reliability settings and the beat schedule. Every value that
+depends on the host comes from app.settings (APP_* variables).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery, Task, signals
+from celery.schedules import crontab
+from kombu import Exchange, Queue
+
+from app import logs
+from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
+from app.settings import get_settings
+
+QUEUES = ("default", "pricing", "notifications", "data_processing", "maintenance")
+# Task name prefix -> queue. The task names are the contract, not the module paths.
+PREFIX_QUEUES = {
+    "pricing": "pricing",
+    "notifications": "notifications",
+    "data": "data_processing",
+    "maintenance": "maintenance",
+}
+TASK_MODULES = [
+    "app.tasks.pricing",
+    "app.tasks.notifications",
+    "app.tasks.data",
+    "app.tasks.maintenance",
+    "app.tasks.ops",
+]
+# Retry policy of temporary faults: exponential backoff with jitter, then the task fails.
+RETRY_MAX = 5
+RETRY_BACKOFF_BASE = 2.0
+RETRY_BACKOFF_MAX = 120.0
+
+log = logs.get_logger(__name__)
+
+
+def queue_for(task_name: str) -> str:
+    return PREFIX_QUEUES.get(task_name.split(".", 1)[0], "default")
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    """Celery router: an explicit apply_async(queue=...) still wins over this."""
+    return {"queue": queue_for(name)}
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, so workers spread out."""
+    ceiling = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * (2**retries))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
+
+
+_redis: dict[str, redis.Redis] = {}
+
+
+def broker_redis() -> redis.Redis:
+    """A plain Redis client on the broker database (queue lengths, delivery counters)."""
+    url = get_settings().broker_url
+    if url not in _redis:
+        _redis[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return _redis[url]
+
+
+class AppTask(Task):
+    """Base of every task: bounded redeliveries, and temporary faults retried with backoff."""
+
+    max_retries = RETRY_MAX
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.id and not self.request.is_eager:
+            self._guard_redeliveries()
+        try:
+            return self.run(*args, **kwargs)
+        except TEMPORARY_EXCEPTIONS as exc:
+            if self.request.is_eager or not self.request.id:
+                raise
+            # Re-raised as TemporaryError: its text is what the result shows once retries run out.
+            err = TemporaryError(f"{type(exc).__name__}: {exc}".strip()[:1000])
+            countdown = retry_countdown(self.request.retries)
+            log.warning(
+                "task_retry",
+                error=str(err),
+                retries=self.request.retries,
+                countdown=round(countdown, 2),
+            )
+            raise self.retry(exc=err, countdown=countdown) from exc
+
+    def _guard_redeliveries(self) -> None:
+        """Count deliveries of this message; refuse one that keeps killing its worker.
+
+        acks_late + reject_on_worker_lost requeue a message whose worker died, which is right
+        once but loops forever for a message that kills every worker. The count lives in the
+        broker's Redis under the task id and retry number (a retry is a new message).
+        """
+        settings = get_settings()
+        key = f"app:deliveries:{self.request.id}:{self.request.retries}"
+        try:
+            client = broker_redis()
+            with client.pipeline() as pipe:
+                pipe.incr(key)
+                pipe.expire(key, settings.visibility_timeout * 2)
+                count = int(pipe.execute()[0])
+        except redis.RedisError as exc:  # never block work because the counter is unavailable
+            log.warning("delivery_count_unavailable", error=str(exc))
+            return
+        if count > settings.task_max_deliveries:
+            raise PoisonMessageError(
+                f"message delivered {count} times without finishing (its worker was lost each "
+                f"time); not running it again (APP_TASK_MAX_DELIVERIES="
+                f"{settings.task_max_deliveries})"
+            )
+        if count > 1:
+            log.warning("task_redelivered", deliveries=count)
+
+
+def make_celery() -> Celery:
+    s = get_settings()
+    app = Celery("app", task_cls=AppTask, include=TASK_MODULES)
+    app.conf.update(
+        broker_url=s.broker_url,
+        result_backend=s.result_backend,
+        # Serialization and time
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        # Queues and routing by task name
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
+        task_default_queue="default",
+        task_default_exchange="default",
+        task_default_routing_key="default",
+        task_routes=(route_task,),
+        task_create_missing_queues=False,
+        # Delivery: a task is acked when done, requeued if its worker dies, so it may run twice
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1000,
+        worker_deduplicate_successful_tasks=True,
+        task_soft_time_limit=s.task_soft_time_limit,
+        task_time_limit=s.task_time_limit,
+        # Results
+        result_expires=3600,
+        result_persistent=True,
+        result_extended=True,
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
+        # Events for Flower
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Redis as broker in production
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": s.visibility_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        },
+        result_backend_transport_options={"health_check_interval": 25},
+        redis_socket_keepalive=True,
+        redis_backend_health_check_interval=25,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=float(s.worker_soft_shutdown_timeout),
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+        # Periodic tasks (celery beat), all times UTC
+        beat_schedule={
+            "expire-old-quotes": {
+                "task": "maintenance.expire_old_quotes",
+                "schedule": 3600.0,
+            },
+            "cleanup-expired-reservations": {
+                "task": "maintenance.cleanup_expired_reservations",
+                "schedule": 1800.0,
+            },
+            "generate-daily-reports": {
+                "task": "data.generate_daily_reports",
+                "schedule": crontab(hour=2, minute=0),
+            },
+            "backup-pricing-data": {
+                "task": "data.backup_pricing_data",
+                "schedule": crontab(hour=3, minute=0, day_of_week=0),
+            },
+        },
+    )
+    return app
+
+
+celery_app = make_celery()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**kwargs: Any) -> None:
+    # Connected: Celery leaves logging to us (structlog JSON on stderr, journald keeps it).
+    s = get_settings()
+    logs.configure(s.log_format, s.log_level)
+
+
+@signals.task_prerun.connect
+def _bind_task_context(task_id: str, task: Task, **kwargs: Any) -> None:
+    request = task.request
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        task_id=task_id,
+        task_name=task.name,
+        queue=(request.delivery_info or {}).get("routing_key"),
+        worker=request.hostname,
+        retries=request.retries,
+    )
+
+
+@signals.task_postrun.connect
+def _unbind_task_context(**kwargs: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**kwargs: Any) -> None:
+    # A forked pool child must not reuse the parent's sockets (app.db checks the pid itself).
+    _redis.clear()

@@ -1,0 +1,250 @@
+"""taskctl: the operator CLI. Exit codes: 0 ok, 1 failed/unhealthy, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _json_arg(raw: str | None, what: str, kind: type) -> Any:
+    if raw is None:
+        return kind()
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"{what}: not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise UsageError(f"{what}: expected a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def _app() -> Any:
+    from app.celery_app import celery_app
+
+    celery_app.loader.import_default_modules()
+    return celery_app
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    app = _app()
+    task_args = _json_arg(args.args, "--args", list)
+    task_kwargs = _json_arg(args.kwargs, "--kwargs", dict)
+    if args.name not in app.tasks:
+        known = sorted(n for n in app.tasks if not n.startswith("celery."))
+        raise UsageError(f"unknown task {args.name!r}; known tasks: {', '.join(known)}")
+    options: dict[str, Any] = {}
+    if args.queue:
+        from app.celery_app import QUEUES
+
+        if args.queue not in QUEUES:
+            raise UsageError(f"--queue: {args.queue!r} is not one of {', '.join(QUEUES)}")
+        options["queue"] = args.queue
+    if args.countdown:
+        options["countdown"] = args.countdown
+    # send_task: the worker validates the arguments, the CLI does not need the signature.
+    result = app.send_task(args.name, args=task_args, kwargs=task_kwargs, **options)
+    print(result.id)
+    return EXIT_OK
+
+
+def _describe(result: Any) -> dict[str, Any]:
+    state = result.state
+    info: dict[str, Any] = {"id": result.id, "state": state}
+    meta = result.backend.get_task_meta(result.id)
+    for key in ("name", "queue", "worker", "retries", "date_done"):
+        if meta.get(key) is not None:
+            info[key] = meta[key]
+    if state == "SUCCESS":
+        info["result"] = result.result
+    elif state in ("FAILURE", "RETRY"):
+        exc = result.result
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    elif state == "STARTED" and isinstance(result.info, dict):
+        info["started"] = result.info
+    return info
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    app = _app()
+    info = _describe(app.AsyncResult(args.id))
+    if info["state"] == "PENDING":
+        info["note"] = "unknown, queued or expired: PENDING is all a result backend can say"
+    _print(info)
+    return EXIT_FAILED if info["state"] == "FAILURE" else EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    app = _app()
+    result = app.AsyncResult(args.id)
+    if args.wait:
+        try:
+            result.get(timeout=args.timeout, propagate=False, interval=0.2)
+        except Exception as exc:  # celery's TimeoutError and backend errors
+            print(f"taskctl: no result after {args.timeout}s: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    info = _describe(result)
+    if info["state"] == "SUCCESS":
+        _print(info["result"])
+        return EXIT_OK
+    _print(info)
+    return EXIT_FAILED
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    from app import health
+
+    lengths = health.queue_lengths()
+    unacked = health.unacked_count()
+    if args.json:
+        _print({"queues": lengths, "unacked": unacked})
+    else:
+        for queue, length in lengths.items():
+            print(f"{queue:<16} {length}")
+        print(f"{'(unacked)':<16} {unacked}")
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from app import health
+
+    status = health.run_checks(
+        max_queue_length=args.max_queue_length,
+        min_disk_free_percent=args.min_disk_free_percent,
+        max_memory_percent=args.max_memory_percent,
+    )
+    _print(status)
+    return EXIT_OK if status["healthy"] else EXIT_FAILED
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    app = _app()
+    replies = app.control.ping(timeout=args.timeout) or []
+    workers = sorted(name for reply in replies for name in reply)
+    if args.json:
+        _print({"workers": workers})
+    else:
+        for name in workers:
+            print(name)
+    if not workers:
+        print("taskctl: no worker answered", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from app.celery_app import queue_for
+
+    app = _app()
+    for name in sorted(n for n in app.tasks if not n.startswith("celery.")):
+        print(f"{name:<45} {queue_for(name)}")
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from app import migrate
+    from app.db import session_scope
+
+    if args.db_command == "migrate":
+        migrate.upgrade(args.revision)
+        print(f"database at revision {migrate.current()}")
+    elif args.db_command == "seed":
+        from app.seed import seed
+
+        with session_scope() as session:
+            _print(seed(session))
+    elif args.db_command == "restore-pricing":
+        from app.backup import restore
+
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        with session_scope() as session:
+            _print(restore(session, path))
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskctl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", help="send a task by name; prints its id")
+    s.add_argument("name")
+    s.add_argument("--args", help="JSON array of positional arguments")
+    s.add_argument("--kwargs", help="JSON object of keyword arguments")
+    s.add_argument("--queue", help="override the queue the name routes to")
+    s.add_argument("--countdown", type=float, help="seconds before it may run")
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("status", help="state, worker, queue and result of a task")
+    s.add_argument("id")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("result", help="print a task's result (exit 1 unless it succeeded)")
+    s.add_argument("id")
+    s.add_argument("--wait", action="store_true", help="wait until the task is done")
+    s.add_argument("--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_result)
+
+    s = sub.add_parser("queues", help="messages waiting per queue (Redis LLEN)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_queues)
+
+    s = sub.add_parser("health", help="database, Redis, disk, memory, queues (exit 1 unhealthy)")
+    s.add_argument("--max-queue-length", type=int, default=10_000)
+    s.add_argument("--min-disk-free-percent", type=float, default=10.0)
+    s.add_argument("--max-memory-percent", type=float, default=95.0)
+    s.set_defaults(func=cmd_health)
+
+    for name, text in (("ping", "workers that answer"), ("workers", "alias of ping")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--timeout", type=float, default=2.0)
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(func=cmd_ping)
+
+    s = sub.add_parser("tasks", help="registered tasks and their queue")
+    s.set_defaults(func=cmd_tasks)
+
+    s = sub.add_parser("db", help="database: migrate, seed, restore-pricing")
+    db = s.add_subparsers(dest="db_command", required=True)
+    m = db.add_parser("migrate", help="apply the Alembic migrations")
+    m.add_argument("--revision", default="head")
+    db.add_parser("seed", help="insert demo data (idempotent)")
+    r = db.add_parser("restore-pricing", help="restore a data.backup_pricing_data file")
+    r.add_argument("file")
+    s.set_defaults(func=cmd_db)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from app import logs
+    from app.errors import PermanentError
+    from app.settings import SettingsError, get_settings
+
+    try:
+        settings = get_settings()
+        logs.configure(settings.log_format, "WARNING")
+        return int(args.func(args))
+    except (UsageError, SettingsError, PermanentError) as exc:
+        print(f"taskctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # connection errors and the like: one clear line, no traceback
+        print(f"taskctl: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Every setting of the application, read once from APP_* environment variables.
+
+The names and defaults are the contract of docs/DESIGN.md (the deploy roles render them into
+/etc/celery/app.env); docs/APP.md describes each one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+
+class SettingsError(ValueError):
+    """An APP_* variable holds a value the application cannot use."""
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value}: must be at least {minimum}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in os.environ.get(name, "").split(",") if p.strip())
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _str(name, default)
+    if value.lower() not in {c.lower() for c in choices}:
+        raise SettingsError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str
+    result_backend: str
+    database_url: str
+    smtp_host: str
+    smtp_port: int
+    smtp_user: str
+    smtp_password: str = field(repr=False)
+    smtp_starttls: bool
+    mail_from: str
+    alert_recipients: tuple[str, ...]
+    procurement_recipients: tuple[str, ...]
+    sms_gateway_url: str
+    sms_gateway_token: str = field(repr=False)
+    report_dir: str
+    backup_dir: str
+    backup_keep: int
+    log_format: str
+    log_level: str
+    task_soft_time_limit: int
+    task_time_limit: int
+    visibility_timeout: int
+    worker_soft_shutdown_timeout: int
+    task_max_deliveries: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        s = cls(
+            broker_url=_str("APP_BROKER_URL", "redis://localhost:6379/0"),
+            result_backend=_str("APP_RESULT_BACKEND", "redis://localhost:6379/1"),
+            database_url=_str("APP_DATABASE_URL", "postgresql+psycopg://app@localhost/app"),
+            smtp_host=_str("APP_SMTP_HOST", "localhost"),
+            smtp_port=_int("APP_SMTP_PORT", 25, minimum=1),
+            smtp_user=_str("APP_SMTP_USER", ""),
+            smtp_password=os.environ.get("APP_SMTP_PASSWORD", ""),
+            smtp_starttls=_bool("APP_SMTP_STARTTLS", False),
+            mail_from=_str("APP_MAIL_FROM", "noreply@localhost"),
+            alert_recipients=_list("APP_ALERT_RECIPIENTS"),
+            procurement_recipients=_list("APP_PROCUREMENT_RECIPIENTS"),
+            sms_gateway_url=_str("APP_SMS_GATEWAY_URL", ""),
+            sms_gateway_token=os.environ.get("APP_SMS_GATEWAY_TOKEN", ""),
+            report_dir=_str("APP_REPORT_DIR", "/var/lib/celery/reports"),
+            backup_dir=_str("APP_BACKUP_DIR", "/var/lib/celery/backups"),
+            backup_keep=_int("APP_BACKUP_KEEP", 8, minimum=1),
+            log_format=_choice("APP_LOG_FORMAT", "json", ("json", "console")).lower(),
+            log_level=_choice(
+                "APP_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            ).upper(),
+            task_soft_time_limit=_int("APP_TASK_SOFT_TIME_LIMIT", 300, minimum=1),
+            task_time_limit=_int("APP_TASK_TIME_LIMIT", 360, minimum=1),
+            visibility_timeout=_int("APP_VISIBILITY_TIMEOUT", 3600, minimum=1),
+            worker_soft_shutdown_timeout=_int("APP_WORKER_SOFT_SHUTDOWN_TIMEOUT", 30),
+            task_max_deliveries=_int("APP_TASK_MAX_DELIVERIES", 3, minimum=1),
+        )
+        s.check()
+        return s
+
+    def check(self) -> None:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise SettingsError(
+                f"APP_TASK_SOFT_TIME_LIMIT={self.task_soft_time_limit} must be below "
+                f"APP_TASK_TIME_LIMIT={self.task_time_limit}"
+            )
+        # A message invisible for less than the longest task would be handed to a second worker.
+        if self.visibility_timeout <= self.task_time_limit:
+            raise SettingsError(
+                f"APP_VISIBILITY_TIMEOUT={self.visibility_timeout} must be above "
+                f"APP_TASK_TIME_LIMIT={self.task_time_limit}"
+            )
+        for name, url, schemes in (
+            ("APP_BROKER_URL", self.broker_url, ("redis://", "rediss://")),
+            ("APP_RESULT_BACKEND", self.result_backend, ("redis://", "rediss://")),
+            ("APP_DATABASE_URL", self.database_url, ("postgresql",)),
+        ):
+            if not url.startswith(schemes):
+                raise SettingsError(f"{name}: expected a URL starting with {' or '.join(schemes)}")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,1 @@
+"""Task modules, one per queue prefix: pricing, notifications, data, maintenance, ops."""
