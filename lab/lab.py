@@ -1087,6 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
         "--hosts", help="comma-separated host names (default: every host of inventories/lab)"
     )
     up.add_argument("--no-wait", action="store_true", help="do not wait for SSH and systemd")
+    up.add_argument("--json", action="store_true", help="print the hosts (hosts.json) on stdout")
     down = sub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--all", action="store_true", help="every lab of this checkout")
     st = sub.add_parser("status", help="labs, hosts, addresses and states")
@@ -1136,6 +1137,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.cmd == "up":
                 hosts = [h for h in (a.hosts or "").split(",") if h] or inventory_hosts()
                 cmd_up(lab, hosts, wait=not a.no_wait)
+                if a.json:
+                    print((lab.dir / "hosts.json").read_text(), end="")
             elif a.cmd == "down":
                 cmd_down(lab)
             elif a.cmd == "reboot":
