@@ -181,7 +181,10 @@ def allocate_index(state_dir: Path) -> int:
             return int(reg["labs"][key]["index"])
         used = {int(v["index"]) for v in reg["labs"].values()}
         foreign = foreign_routes()
-        for n in range(MAX_LABS):
+        # Round robin, not the lowest free index: a lab that was just removed does not hand its
+        # addresses to the next one while SSH connection masters to them may still linger.
+        start = int(reg.get("next", 0))
+        for n in ((start + i) % MAX_LABS for i in range(MAX_LABS)):
             subnet = ipaddress.ip_network(f"{NET_PREFIX}.{n}.0/24")
             if (
                 n in used
@@ -189,6 +192,7 @@ def allocate_index(state_dir: Path) -> int:
                 or Path(f"/sys/class/net/clab{n}").exists()
             ):
                 continue
+            reg["next"] = (n + 1) % MAX_LABS
             reg["labs"][key] = {
                 "index": n,
                 "name": state_dir.name,
@@ -282,7 +286,7 @@ class Lab:
         return f"{NET_PREFIX}.{self.index}.{HOST_OFFSET + int(self.hosts[name]['index'])}"
 
     def save(self) -> None:
-        write(self.state_file, json.dumps(self.state, indent=2, sort_keys=True) + "\n")
+        write(self.state_file, json.dumps(self.state, indent=2) + "\n")
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         return locked(STATE_ROOT / f".{self.name}.lock")
@@ -349,6 +353,8 @@ def ensure_image(use_proxy: bool) -> Path:
         if (final / "complete").exists():
             return final / "rootfs"
         preflight(need_image=True)
+        for stale in final.parent.glob(f"{final.name}.*"):  # a build that was killed
+            remove_tree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
         env = dict(os.environ)
         if use_proxy:
@@ -368,11 +374,10 @@ def ensure_image(use_proxy: bool) -> Path:
             customize_image(tmp / "rootfs")
             write(tmp / "recipe.json", json.dumps(RECIPE, indent=2, sort_keys=True) + "\n")
             write(tmp / "complete", f"{time.monotonic() - started:.1f}\n")
-            if final.exists():
-                shutil.rmtree(final)
+            remove_tree(final)
             tmp.rename(final)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
         log(f"base image built in {time.monotonic() - started:.1f} s: {final}")
     return final / "rootfs"
 
@@ -572,13 +577,16 @@ def procs() -> Iterator[tuple[int, list[str], int]]:
         yield int(entry.name), [a.decode(errors="replace") for a in argv if a], ppid
 
 
-def host_procs(root: Path) -> tuple[list[int], list[int], list[int]]:
-    """Supervisor loops, systemd-nspawn processes and container inits (PID 1 inside) of ROOT."""
+def host_procs(root: Path, under: bool = False) -> tuple[list[int], list[int], list[int]]:
+    """Supervisor loops, systemd-nspawn processes and container inits (PID 1 inside) of ROOT.
+
+    With `under`, of every host root below the directory ROOT (found even if it was deleted).
+    """
     marker = f"--directory={root}"
     sups, nspawns = [], []
     table = list(procs())
     for pid, argv, _ in table:
-        if marker not in argv:
+        if not (marker in argv or (under and any(a.startswith(marker + "/") for a in argv))):
             continue
         if argv and argv[0] == "sh" and "lab-supervisor" in " ".join(argv):
             sups.append(pid)
@@ -596,15 +604,15 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def kill_host(root: Path, timeout: float = 15.0) -> None:
+def kill_host(root: Path, timeout: float = 15.0, under: bool = False) -> None:
     """Pull the plug: no restart, every process of the host gone."""
-    sups, nspawns, inits = host_procs(root)
+    sups, _, inits = host_procs(root, under)
     for pid in sups + inits:  # killing a PID namespace's init kills the whole namespace
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sups, nspawns, inits = host_procs(root)
+        sups, nspawns, inits = host_procs(root, under)
         if not (sups or nspawns or inits):
             return
         if time.monotonic() > deadline - timeout / 2:
@@ -708,6 +716,23 @@ def wait_running(lab: Lab, names: list[str]) -> dict[str, str]:
 
 
 # --- hosts ----------------------------------------------------------------------------------------
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path) + "/"
+    points = [ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines()]
+    return sorted((m for m in points if m.startswith(prefix)), reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that never descends into a mount (a host's root, or debootstrap's /proc and /sys)."""
+    for mnt in mounts_under(path):
+        if subprocess.run(["umount", mnt], capture_output=True, check=False).returncode != 0:
+            run("umount", "--lazy", mnt)
+    if mounts_under(path):
+        raise LabError(f"mounts remain under {path}: not deleting it")
+    if path.exists():
+        shutil.rmtree(path)
 
 
 def mounted(path: Path) -> bool:
@@ -895,9 +920,7 @@ def teardown(lab: Lab, keep_registry: bool = False) -> None:
         # That index now belongs to another lab (the registry was lost in a reboot): not ours.
         index = None
     hosts_dir = lab.dir / "hosts"
-    if hosts_dir.exists():
-        for hdir in hosts_dir.iterdir():
-            kill_host(hdir / "root")
+    kill_host(hosts_dir, under=True)
     if index is not None:
         prefix = f"clab{index}"
         for line in run("ip", "netns", "list", capture=True).splitlines():
@@ -916,22 +939,7 @@ def teardown(lab: Lab, keep_registry: bool = False) -> None:
                     and argv[argv.index("--comment") + 1] == prefix
                 ):
                     run("iptables", "-w", "-t", table, "-D", *argv[1:])
-    if hosts_dir.exists():
-        for mnt in sorted(
-            (ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines()),
-            reverse=True,
-        ):
-            if mnt.startswith(str(hosts_dir) + "/"):
-                run("umount", mnt, check=False)
-                if mounted(Path(mnt)):
-                    run("umount", "-l", mnt)
-        if any(
-            ln.split()[1].startswith(str(hosts_dir) + "/")
-            for ln in Path("/proc/self/mounts").read_text().splitlines()
-        ):
-            raise LabError(f"mounts remain under {hosts_dir}: not deleting it")
-    if lab.dir.exists():
-        shutil.rmtree(lab.dir)
+    remove_tree(lab.dir)
     if lab.name == DEFAULT_LAB:
         (STATE_ROOT / "ssh_config").unlink(missing_ok=True)
     if not keep_registry:
@@ -1056,6 +1064,21 @@ def cmd_cut(lab: Lab, name: str, restore: bool) -> None:
     log(f"{name} {'restored to' if restore else 'cut off from'} the network")
 
 
+def cmd_purge() -> None:
+    """Every lab of this checkout, then the machine-wide caches (image, apt) if no lab is left."""
+    for each in all_labs():
+        with each.lock():
+            cmd_down(Lab(each.name))
+    others = registry_load()["labs"]
+    if others:
+        raise LabError(f"labs of other checkouts are up ({', '.join(others)}): keeping {CACHE}")
+    with locked(RUN / "lock"):
+        proxy_stop()
+    remove_tree(CACHE)
+    remove_tree(RUN)
+    log(f"removed {CACHE} and {RUN}")
+
+
 def all_labs() -> list[Lab]:
     if not STATE_ROOT.exists():
         return []
@@ -1093,6 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="labs, hosts, addresses and states")
     st.add_argument("--json", action="store_true")
     sub.add_parser("image", help="build the base image (if it is not cached) and print its path")
+    sub.add_parser("purge", help="down --all, then remove the image and apt caches")
     s = sub.add_parser("ssh", help="SSH to a host")
     s.add_argument("host")
     s.add_argument("command", nargs=argparse.REMAINDER)
@@ -1126,6 +1150,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "image":
             RUN.mkdir(parents=True, exist_ok=True)
             print(ensure_image(proxy_start()))
+            return 0
+        if a.cmd == "purge":
+            cmd_purge()
             return 0
         if a.cmd == "down" and a.all:
             for each in all_labs():
