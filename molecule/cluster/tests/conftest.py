@@ -1,0 +1,40 @@
+"""Shared helpers of the cluster scenario's tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from typing import Any
+
+import pytest
+import testinfra
+
+QUEUES = ["default", "pricing", "notifications", "data_processing", "maintenance"]
+
+# Runs a command the way the services run: as celery, settings read by systemd from app.env.
+AS_CELERY = (
+    "systemd-run --quiet --wait --pipe --collect --service-type=exec "
+    "--property=User=celery --property=Group=celery "
+    "--property=EnvironmentFile=/etc/celery/app.env --property=WorkingDirectory=/var/lib/celery "
+)
+
+
+def app_python(host: Any, code: str, timeout: int = 180) -> Any:
+    """Run Python code in the app's virtualenv on `host`; its stdout parsed as JSON."""
+    cmd = f"timeout {timeout} {AS_CELERY} /opt/celery/current/bin/python -c {shlex.quote(code)}"
+    out = host.run(cmd)
+    assert out.rc == 0, f"app python failed (rc {out.rc}): {out.stderr[-3000:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def hostvars(host: Any) -> dict[str, Any]:
+    return dict(host.ansible.get_variables())
+
+
+def other_host(name: str) -> Any:
+    """A testinfra host of the scenario's inventory by name (e.g. a worker, from ops1's test)."""
+    return testinfra.get_host(
+        f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"]
+    )
