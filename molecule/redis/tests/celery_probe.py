@@ -41,7 +41,14 @@ def run_probe(broker_url: str, backend_url: str, timeout: float = 30.0) -> dict[
     listener = threading.Thread(target=receiver.capture, kwargs={"limit": None}, daemon=True)
     listener.start()
     out: dict[str, Any] = {}
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING", task_events=True):
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        task_events=True,
+    ):
         out["single"] = add.delay(2, 3).get(timeout=timeout)
         out["group"] = group(add.s(i, i) for i in range(4))().get(timeout=timeout)
         out["chord"] = chord(add.s(i, 1) for i in range(4))(total.s()).get(timeout=timeout)

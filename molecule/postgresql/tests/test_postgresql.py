@@ -1,0 +1,172 @@
+"""The postgresql role on real systemd hosts: service, addresses, scram, pg_hba from both sides."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+from conftest import address_of, lab_reboot
+
+testinfra_hosts = ["postgresql_servers"]
+
+PORT = 5432
+UNIT = "postgresql@15-main"
+
+
+def sql(host: Any, query: str, db: str = "postgres") -> str:
+    """Run a query as the postgres superuser over the local socket (peer authentication)."""
+    cmd = f"runuser -u postgres -- psql -XAtq -d {db} -c {shlex.quote(query)}"
+    return str(host.check_output(cmd))
+
+
+def app_login(client: Any, server: str, password: str, user: str = "app", db: str = "app") -> Any:
+    """psql from a client host over TCP, password in the environment (never on a command line)."""
+    env = f"PGPASSWORD={shlex.quote(password)} PGCONNECT_TIMEOUT=5" if password else ""
+    return client.run(
+        f"{env} psql -XAtq -w -h {server} -p {PORT} -U {user} -d {db} -c 'SELECT current_user'"
+    )
+
+
+def listening(host: Any) -> set[str]:
+    return {
+        s
+        for s in host.socket.get_listening_sockets()
+        if s.startswith("tcp") and s.endswith(f":{PORT}")
+    }
+
+
+def test_service_active_and_enabled(host: Any) -> None:
+    cluster = host.service(UNIT)
+    assert cluster.is_running
+    assert cluster.is_enabled
+    assert host.service("postgresql").is_enabled
+
+
+def test_listens_on_localhost_and_cluster_address_only(host: Any, cluster_address: str) -> None:
+    assert listening(host) == {f"tcp://127.0.0.1:{PORT}", f"tcp://{cluster_address}:{PORT}"}
+
+
+def test_passwords_are_scram_hashes(host: Any) -> None:
+    assert sql(host, "SHOW password_encryption") == "scram-sha-256"
+    stored = sql(host, "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    assert stored.startswith("SCRAM-SHA-256$4096:")
+    assert (
+        sql(host, "SELECT count(*) FROM pg_authid WHERE rolpassword NOT LIKE 'SCRAM-SHA-256$%'")
+        == "0"
+    )
+
+
+def test_app_role_is_unprivileged(host: Any) -> None:
+    flags = sql(
+        host,
+        "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls"
+        " FROM pg_roles WHERE rolname = 'app'",
+    )
+    assert flags == "t|f|f|f|f|f"
+
+
+def test_app_database_owned_by_app_and_closed_to_public(host: Any) -> None:
+    assert (
+        sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == "app"
+    )
+    assert sql(host, "SELECT has_database_privilege('public', 'app', 'CONNECT')") == "f"
+    assert (
+        sql(host, "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'app'")
+        == "UTF8"
+    )
+
+
+def test_pg_hba_scram_from_app_hosts_only(host: Any, peer: Any) -> None:
+    worker = address_of(peer("worker1"))
+    rules = sql(
+        host,
+        "SELECT type, array_to_string(database, ','), array_to_string(user_name, ','),"
+        " coalesce(address, ''), coalesce(netmask, ''), auth_method FROM pg_hba_file_rules"
+        " ORDER BY line_number",
+    ).splitlines()
+    assert rules == [
+        "local|all|postgres|||peer",
+        f"host|app|app|{worker}|255.255.255.255|scram-sha-256",
+    ]
+    hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
+    assert (hba.user, hba.group, hba.mode) == ("postgres", "postgres", 0o640)
+
+
+def test_max_connections_sized_from_worker_inventory(host: Any) -> None:
+    # worker1: concurrency 3 + autoscale max 5 = 8 pool processes, + margin 20.
+    assert sql(host, "SHOW max_connections") == "28"
+
+
+def test_no_setting_pending(host: Any) -> None:
+    assert sql(host, "SELECT count(*) FROM pg_settings WHERE pending_restart") == "0"
+    assert sql(host, "SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
+
+
+def test_app_host_logs_in_with_the_password(
+    host: Any, peer: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    out = app_login(peer("worker1"), cluster_address, hostvars["postgresql_app_password"])
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip() == "app"
+
+
+def test_app_host_wrong_password_refused(peer: Any, cluster_address: str) -> None:
+    out = app_login(peer("worker1"), cluster_address, "not-the-password")
+    assert out.rc != 0
+    assert 'password authentication failed for user "app"' in out.stderr
+
+
+def test_app_host_without_password_refused(peer: Any, cluster_address: str) -> None:
+    out = app_login(peer("worker1"), cluster_address, "")
+    assert out.rc != 0
+    assert "no password supplied" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("user", "db"), [("app", "postgres"), ("postgres", "postgres"), ("postgres", "app")]
+)
+def test_app_host_only_reaches_app_database_as_app(
+    peer: Any, hostvars: dict[str, Any], cluster_address: str, user: str, db: str
+) -> None:
+    out = app_login(peer("worker1"), cluster_address, hostvars["postgresql_app_password"], user, db)
+    assert out.rc != 0
+    assert "no pg_hba.conf entry" in out.stderr
+
+
+def test_outsider_refused_by_pg_hba(
+    peer: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    outsider = peer("outsider1")
+    out = app_login(outsider, cluster_address, hostvars["postgresql_app_password"])
+    assert out.rc != 0
+    assert f'no pg_hba.conf entry for host "{address_of(outsider)}"' in out.stderr
+
+
+def test_localhost_app_login_refused_on_a_data_only_host(
+    host: Any, hostvars: dict[str, Any]
+) -> None:
+    out = app_login(host, "127.0.0.1", hostvars["postgresql_app_password"])
+    assert out.rc != 0
+    assert "no pg_hba.conf entry" in out.stderr
+
+
+def test_back_after_reboot(
+    host: Any, peer: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    """Last: reboot the host; PostgreSQL comes back by itself on both addresses, data kept."""
+    sql(
+        host,
+        "CREATE TABLE IF NOT EXISTS molecule_probe (id int); INSERT INTO molecule_probe VALUES (1)",
+        db="app",
+    )
+    init_started = host.check_output("cut -d' ' -f22 /proc/1/stat")  # PID 1's start time
+    lab_reboot(host.backend.get_hostname())
+    assert host.run("systemctl is-system-running --wait").stdout.strip() == "running"
+    assert host.check_output("cut -d' ' -f22 /proc/1/stat") != init_started
+    assert host.service(UNIT).is_running
+    assert listening(host) == {f"tcp://127.0.0.1:{PORT}", f"tcp://{cluster_address}:{PORT}"}
+    out = app_login(peer("worker1"), cluster_address, hostvars["postgresql_app_password"])
+    assert out.rc == 0, out.stderr
+    assert sql(host, "SELECT count(*) FROM molecule_probe", db="app") == "1"
+    sql(host, "DROP TABLE molecule_probe", db="app")
