@@ -17,7 +17,6 @@ from app.deliveries import deliver_once
 from app.errors import NotFoundError, PermanentError, ValidationError
 from app.logs import get_logger
 from app.models import InventoryItem, Quote
-from app.pdf import quote_pdf
 from app.settings import get_settings
 from app.validation import (
     require_dict,
@@ -91,6 +90,8 @@ def send_quote_email(
         )
 
         def _send() -> str:
+            from app.pdf import quote_pdf  # reportlab is slow to import; only this task needs it
+
             pdf = quote_pdf(details)
             msg = mail.build_message(
                 [address],

@@ -1,0 +1,223 @@
+"""Real Redis, PostgreSQL and SMTP servers for the tests, on free ports in a temp directory."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # retried until the deadline
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout}s (last error: {last})")
+
+
+def _binary(name: str, pattern: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(pattern), reverse=True)), None)
+    if not found:
+        raise RuntimeError(f"{name} not found: run `make deps` (Debian packages)")
+    return found
+
+
+@dataclass
+class RedisServer:
+    directory: Path
+    password: str = field(default_factory=lambda: secrets.token_hex(16))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = _binary("redis-server", "/usr/bin/redis-server")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--requirepass",
+                self.password,
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+        )
+        import redis
+
+        wait_for(lambda: redis.Redis(port=self.port, password=self.password).ping(), 20, "redis")
+
+    def url(self, db: int) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@dataclass
+class PostgresServer:
+    directory: Path
+    password: str = field(default_factory=lambda: secrets.token_hex(16))
+    port: int = field(default_factory=free_port)
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        self.bindir = Path(_binary("pg_ctl", "/usr/lib/postgresql/*/bin/pg_ctl")).parent
+        # PostgreSQL refuses to run as root: run it as `nobody` then.
+        self.user = "nobody" if os.geteuid() == 0 else None
+        self.data = self.directory / "pgdata"
+        self.superpass = secrets.token_hex(16)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(args, check=True, user=self.user, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(self.directory, pw.pw_uid, pw.pw_gid)
+        if not self.data.exists():
+            pwfile = self.directory / "pwfile"
+            pwfile.write_text(self.superpass + "\n")
+            if self.user:
+                os.chown(pwfile, pwd.getpwnam(self.user).pw_uid, -1)
+            self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
+        self.pg_ctl("start")
+        wait_for(self._ready, 30, "postgresql")
+
+    def pg_ctl(self, action: str) -> None:
+        opts = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        args = [
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.directory / "postgres.log"),
+        ]
+        if action == "start":
+            args += ["-o", opts]
+        else:
+            args += ["-m", "fast"]
+        self._run(*args, action)
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, connect_timeout=2):
+            return True
+
+    @property
+    def admin_dsn(self) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} user=postgres "
+            f"password={self.superpass} dbname=postgres"
+        )
+
+    def create_app_database(self, name: str = "app") -> str:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app'").fetchone()
+            if not exists:
+                conn.execute(f"CREATE ROLE app LOGIN PASSWORD '{self.password}'")
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name} OWNER app")
+        return f"postgresql+psycopg://app:{self.password}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.pg_ctl("stop")
+
+
+class _Inbox:
+    """aiosmtpd handler: keeps every message; can refuse the next N with a 4xx reply."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.refuse_next = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            return "451 4.3.0 try again later (test)"
+        msg = message_from_bytes(envelope.content)
+        msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+        self.messages.append(msg)
+        return "250 OK"
+
+
+def body_text(message: Message) -> str:
+    """The decoded text of a single-part message."""
+    payload = message.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.inbox = _Inbox()
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+    def messages_to(self, address: str) -> list[Message]:
+        return [m for m in self.inbox.messages if address in m.get("X-Envelope-To", "")]

@@ -1,0 +1,87 @@
+"""taskctl as an operator runs it: a subprocess with the APP_* environment."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from conftest import taskctl
+
+
+def test_submit_status_and_result(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    sent = taskctl(
+        "submit", "ops.probe", "--args", json.dumps([token]), "--kwargs", '{"sleep_seconds": 0}'
+    )
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+    uuid.UUID(task_id)
+    result = taskctl("result", task_id, "--wait", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["token"] == token
+    status = json.loads(taskctl("status", task_id).stdout)
+    assert status["state"] == "SUCCESS" and status["name"] == "ops.probe"
+    assert status["queue"] == "default" and status["worker"].startswith("testworker@")
+
+
+def test_submit_to_an_explicit_queue_and_a_failing_task(alive: Any) -> None:
+    sent = taskctl("submit", "ops.probe", "--args", '["q"]', "--queue", "maintenance")
+    result = taskctl("result", sent.stdout.strip(), "--wait")
+    assert json.loads(result.stdout)["queue"] == "maintenance"
+    bad = taskctl("submit", "pricing.calculate_bulk_pricing", "--args", '["nope"]')
+    failed = taskctl("result", bad.stdout.strip(), "--wait")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["state"] == "FAILURE"
+    assert "expected a list" in json.loads(failed.stdout)["error"]
+    assert taskctl("status", bad.stdout.strip()).returncode == 1
+
+
+def test_usage_errors_exit_2_with_a_clear_message(database: Any) -> None:
+    cases = [
+        (("submit", "no.such.task"), "unknown task 'no.such.task'"),
+        (("submit", "ops.probe", "--args", "[oops"), "--args: not valid JSON"),
+        (("submit", "ops.probe", "--args", '{"a": 1}'), "--args: expected a JSON array"),
+        (("submit", "ops.probe", "--queue", "nowhere"), "--queue: 'nowhere' is not one of"),
+        (("db", "restore-pricing", "/nonexistent.json.gz"), "no such file"),
+    ]
+    for args, message in cases:
+        done = taskctl(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_queues_ping_tasks_and_health(alive: Any) -> None:
+    queues = json.loads(taskctl("queues", "--json").stdout)
+    assert set(queues["queues"]) == {
+        "default",
+        "pricing",
+        "notifications",
+        "data_processing",
+        "maintenance",
+    }
+    assert all(isinstance(n, int) for n in queues["queues"].values())
+    ping = taskctl("ping", "--json")
+    assert ping.returncode == 0 and json.loads(ping.stdout)["workers"][0].startswith("testworker@")
+    tasks = taskctl("tasks").stdout
+    assert "pricing.calculate_bulk_pricing" in tasks and "data_processing" in tasks
+    health = taskctl("health")
+    assert health.returncode == 0, health.stdout
+    assert json.loads(health.stdout)["status"] == "healthy"
+    sick = taskctl("health", "--min-disk-free-percent", "100")
+    assert sick.returncode == 1 and json.loads(sick.stdout)["status"] == "unhealthy"
+
+
+def test_unreachable_broker_is_one_clear_line(database: Any) -> None:
+    import os
+    import subprocess
+
+    from conftest import BIN, ENV
+
+    env = {**os.environ, **ENV, "APP_BROKER_URL": "redis://127.0.0.1:1/0"}
+    done = subprocess.run(
+        [str(BIN / "taskctl"), "queues"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "taskctl: queues failed: ConnectionError" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,103 @@
+"""Configuration without servers: settings, routing table, Celery settings, beat schedule."""
+
+from __future__ import annotations
+
+import pytest
+from celery.schedules import crontab
+
+from app.celery_app import QUEUES, celery_app, queue_for
+from app.settings import Settings, SettingsError
+
+EXPECTED_TASKS = {
+    "pricing.calculate_bulk_pricing": "pricing",
+    "pricing.update_material_costs": "pricing",
+    "pricing.recalculate_customer_quotes": "pricing",
+    "notifications.send_quote_email": "notifications",
+    "notifications.send_low_stock_alerts": "notifications",
+    "notifications.send_bulk_notifications": "notifications",
+    "data.generate_daily_reports": "data_processing",
+    "data.backup_pricing_data": "data_processing",
+    "maintenance.expire_old_quotes": "maintenance",
+    "maintenance.cleanup_expired_reservations": "maintenance",
+    "maintenance.check_system_health": "maintenance",
+    "maintenance.database_maintenance": "maintenance",
+    "maintenance.send_system_alert": "maintenance",
+    "maintenance.worker_health_check": "maintenance",
+    "ops.probe": "default",
+}
+
+
+def test_every_task_of_the_guide_is_registered_under_its_name() -> None:
+    celery_app.loader.import_default_modules()
+    missing = set(EXPECTED_TASKS) - set(celery_app.tasks)
+    assert not missing
+
+
+@pytest.mark.parametrize(("name", "queue"), sorted(EXPECTED_TASKS.items()))
+def test_router_sends_each_task_to_its_queue(name: str, queue: str) -> None:
+    assert queue_for(name) == queue
+    route = celery_app.amqp.router.route({}, name)
+    assert route["queue"].name == queue
+
+
+def test_explicit_queue_beats_the_router() -> None:
+    route = celery_app.amqp.router.route({"queue": "pricing"}, "ops.probe")
+    assert route["queue"].name == "pricing"
+
+
+def test_reliability_settings() -> None:
+    conf = celery_app.conf
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.timezone == "UTC" and conf.enable_utc
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_track_started
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.result_expires == 3600 and conf.result_persistent and conf.result_extended
+    assert conf.broker_connection_retry_on_startup
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.task_soft_time_limit < conf.task_time_limit
+    assert conf.worker_soft_shutdown_timeout > 0
+    assert {q.name for q in conf.task_queues} == set(QUEUES)
+
+
+def test_beat_schedule_names_registered_tasks() -> None:
+    celery_app.loader.import_default_modules()
+    schedule = celery_app.conf.beat_schedule
+    assert {entry["task"] for entry in schedule.values()} <= set(celery_app.tasks)
+    assert schedule["expire-old-quotes"]["schedule"] == 3600.0
+    assert schedule["cleanup-expired-reservations"]["schedule"] == 1800.0
+    daily = schedule["generate-daily-reports"]["schedule"]
+    weekly = schedule["backup-pricing-data"]["schedule"]
+    assert isinstance(daily, crontab) and daily.hour == {2} and daily.minute == {0}
+    assert isinstance(weekly, crontab) and weekly.day_of_week == {0} and weekly.hour == {3}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("APP_SMTP_PORT", "smtp", "expected an integer"),
+        ("APP_SMTP_STARTTLS", "maybe", "expected true or false"),
+        ("APP_LOG_FORMAT", "xml", "expected one of"),
+        ("APP_TASK_TIME_LIMIT", "10", "must be below"),
+        ("APP_VISIBILITY_TIMEOUT", "30", "must be above"),
+        ("APP_BROKER_URL", "amqp://x", "starting with redis"),
+        ("APP_BACKUP_KEEP", "0", "at least 1"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=message) as err:
+        Settings.from_env()
+    assert variable in str(err.value)
+
+
+def test_lists_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_ALERT_RECIPIENTS", " a@x.test, ,b@x.test ")
+    monkeypatch.setenv("APP_SMTP_PASSWORD", "s3cret")
+    s = Settings.from_env()
+    assert s.alert_recipients == ("a@x.test", "b@x.test")
+    assert "s3cret" not in repr(s)

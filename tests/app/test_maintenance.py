@@ -1,0 +1,112 @@
+"""Maintenance tasks: status-guarded updates (run twice, same state), health and alerts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from conftest import run
+from services import SmtpServer, body_text, wait_for
+from sqlalchemy import func, select
+from test_pricing import new_quote
+
+from app.db import session_scope
+from app.models import ApplicationLog, InventoryItem, Quote, StockReservation
+
+
+def test_expire_old_quotes_twice(alive: Any) -> None:
+    old, fresh = new_quote("AL6061"), new_quote("AL6061")
+    with session_scope() as s:
+        quote = s.get(Quote, old)
+        assert quote is not None
+        quote.valid_until = datetime.now(UTC) - timedelta(days=1)
+    first = run("maintenance.expire_old_quotes").result
+    second = run("maintenance.expire_old_quotes").result
+    assert first["expired_quotes"] >= 1 and second["expired_quotes"] == 0
+    with session_scope() as s:
+        assert s.get(Quote, old).status == "expired"  # type: ignore[union-attr]
+        assert s.get(Quote, fresh).status == "draft"  # type: ignore[union-attr]
+
+
+def test_cleanup_expired_reservations_gives_stock_back_once(alive: Any) -> None:
+    with session_scope() as s:
+        item = InventoryItem(
+            sku=f"R-{uuid.uuid4().hex[:6]}", name="r", quantity=50, reserved=12, reorder_level=1
+        )
+        s.add(item)
+        s.flush()
+        past = datetime.now(UTC) - timedelta(minutes=5)
+        s.add_all(
+            [
+                StockReservation(item_id=item.id, quantity=5, expires_at=past),
+                StockReservation(item_id=item.id, quantity=3, expires_at=past),
+                StockReservation(item_id=item.id, quantity=4, expires_at=past + timedelta(hours=2)),
+            ]
+        )
+        item_id = item.id
+    first = run("maintenance.cleanup_expired_reservations").result
+    second = run("maintenance.cleanup_expired_reservations").result
+    assert first["cleaned_reservations"] >= 2 and second["cleaned_reservations"] == 0
+    with session_scope() as s:
+        assert s.get(InventoryItem, item_id).reserved == 4  # type: ignore[union-attr]
+        states = s.scalars(
+            select(StockReservation.status).where(StockReservation.item_id == item_id)
+        ).all()
+    assert sorted(states) == ["active", "expired", "expired"]
+
+
+def test_database_maintenance_drops_old_logs(alive: Any) -> None:
+    with session_scope() as s:
+        s.add_all(
+            [
+                ApplicationLog(
+                    level="INFO",
+                    event="ancient",
+                    data={},
+                    created_at=datetime.now(UTC) - timedelta(days=45),
+                ),
+                ApplicationLog(level="INFO", event="recent", data={}),
+            ]
+        )
+    result = run("maintenance.database_maintenance").result
+    assert result["maintenance_results"]["deleted_logs"] >= 1
+    assert result["maintenance_results"]["statistics_updated"] is True
+    with session_scope() as s:
+        events = s.scalars(select(ApplicationLog.event)).all()
+    assert "ancient" not in events and "recent" in events
+
+
+def test_healthy_system_sends_no_alert(alive: Any) -> None:
+    out = run("maintenance.check_system_health").result
+    assert out["health_status"]["healthy"], out
+    assert out["alert_task_id"] is None
+    assert set(out["health_status"]["checks"]) == {"database", "redis", "disk", "memory", "queues"}
+
+
+def test_unhealthy_system_mails_an_alert(alive: Any, smtp_server: SmtpServer) -> None:
+    before = len(smtp_server.messages_to("ops@bundle.test"))
+    out = run("maintenance.check_system_health", min_disk_free_percent=100).result
+    assert not out["health_status"]["healthy"]
+    assert any(p.startswith("disk:") for p in out["health_status"]["problems"])
+    wait_for(lambda: len(smtp_server.messages_to("ops@bundle.test")) > before, 30, "alert mail")
+    mail = smtp_server.messages_to("ops@bundle.test")[-1]
+    assert mail["Subject"] == "System Alert - system_health"
+    assert "devops@bundle.test" in mail["X-Envelope-To"] or smtp_server.messages_to(
+        "devops@bundle.test"
+    )
+    body = json.loads(body_text(mail))
+    assert body["alert_type"] == "system_health"
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).where(ApplicationLog.event == "system_alert"))
+
+
+def test_system_alert_refuses_bad_payload(alive: Any) -> None:
+    result = run("maintenance.send_system_alert", {"no_type": 1})
+    assert result.state == "FAILURE" and "alert_data.alert_type" in str(result.result)
+
+
+def test_worker_health_check_names_the_worker(alive: Any) -> None:
+    out = run("maintenance.worker_health_check").result
+    assert out["worker_id"].startswith("testworker@") and out["healthy"], out

@@ -1,0 +1,122 @@
+"""Counted effects (ops.probe), retries, poison messages, bad payloads, outages, and logs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from conftest import POSTGRES, run, wait_state, worker_log
+from sqlalchemy import select
+
+from app.celery_app import celery_app
+from app.db import session_scope
+from app.models import TaskProbe
+
+
+def probe_row(token: str) -> TaskProbe:
+    with session_scope() as s:
+        row = s.scalars(select(TaskProbe).where(TaskProbe.token == token)).one()
+        s.expunge(row)
+        return row
+
+
+def test_probe_counts_runs_and_names_worker_and_queue(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    result = run("ops.probe", token)
+    assert result.state == "SUCCESS"
+    assert result.queue == "default" and result.worker.startswith("testworker@")
+    row = probe_row(token)
+    assert (row.runs, row.completions, row.queue) == (1, 1, "default")
+    # Sent to another queue explicitly, it runs from there.
+    other = celery_app.send_task("ops.probe", [f"{token}-p"], queue="pricing")
+    assert other.get(timeout=30)["queue"] == "pricing"
+    assert probe_row(f"{token}-p").queue == "pricing"
+
+
+def test_temporary_failures_are_retried_then_succeed(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    result = run("ops.probe", token, fail_times=2, timeout=90)
+    assert result.state == "SUCCESS", result.result
+    assert result.retries == 2
+    row = probe_row(token)
+    assert (row.runs, row.completions) == (3, 1)
+
+
+def test_permanent_failure_is_not_retried(alive: Any) -> None:
+    result = run("ops.probe", "t", sleep_seconds=-1)
+    assert result.state == "FAILURE" and result.retries == 0
+    assert "sleep_seconds" in str(result.result)
+
+
+def test_message_that_kills_its_worker_is_bounded(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    result = run("ops.probe", token, crash=True, timeout=120)
+    assert result.state == "FAILURE", result.state
+    assert "delivered 4 times" in str(result.result) and "APP_TASK_MAX_DELIVERIES=3" in str(
+        result.result
+    )
+    row = probe_row(token)
+    assert (row.runs, row.completions) == (3, 0)  # three deliveries ran, none finished
+    after = run("ops.probe", f"{token}-after")
+    assert after.state == "SUCCESS"  # the worker is still serving
+
+
+def test_malformed_payloads_fail_clearly_and_the_worker_stays_up(alive: Any) -> None:
+    cases: list[tuple[str, list[Any], dict[str, Any], str]] = [
+        ("pricing.calculate_bulk_pricing", ["not a list"], {}, "expected a list"),
+        ("pricing.calculate_bulk_pricing", [], {}, "missing 1 required positional argument"),
+        ("pricing.calculate_bulk_pricing", [[{}] * 1001], {}, "at most 1000"),
+        ("pricing.update_material_costs", [[1, 2]], {}, "expected an object"),
+        ("ops.probe", [123], {}, "token: expected a string"),
+        ("ops.probe", ["x" * 5000], {}, "at most 200"),
+        ("ops.probe", ["t"], {"unknown": 1}, "unexpected keyword argument"),
+        ("notifications.send_sms", ["+4915100000001", ""], {}, "message: must not be empty"),
+        ("data.generate_daily_reports", [{"date": 1}], {}, "expected a string"),
+        ("maintenance.database_maintenance", [], {"retention_days": "30"}, "expected an integer"),
+    ]
+    results = [
+        (celery_app.send_task(name, args=args, kwargs=kwargs), message)
+        for name, args, kwargs, message in cases
+    ]
+    for result, message in results:
+        result.get(timeout=60, propagate=False)
+        assert result.state == "FAILURE", (message, result.result)
+        assert message in str(result.result)
+        assert result.retries == 0
+    # Not even a task: an unknown name and a non-JSON body are refused, not run.
+    unknown = celery_app.send_task("pricing.no_such_task", args=[1])
+    pickled = celery_app.send_task("ops.probe", args=["pickled"], serializer="pickle")
+    ok = run("ops.probe", uuid.uuid4().hex)
+    assert ok.state == "SUCCESS"
+    unknown.get(timeout=10, propagate=False)
+    assert unknown.state == "FAILURE" and "pricing.no_such_task" in str(unknown.result)
+    assert "pickle" in worker_log() and pickled.state == "PENDING"  # refused, never run
+    with session_scope() as s:
+        assert s.get(TaskProbe, "pickled") is None
+
+
+def test_database_outage_is_retried_and_nothing_is_lost(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    POSTGRES.pg_ctl("stop")
+    try:
+        result = celery_app.send_task("ops.probe", [token])
+        wait_state(result, {"RETRY"}, timeout=30)
+        assert "OperationalError" in str(result.result)
+    finally:
+        POSTGRES.pg_ctl("start")
+    result.get(timeout=90, propagate=False)
+    assert result.state == "SUCCESS", result.result
+    assert result.retries >= 1
+    row = probe_row(token)
+    assert (row.runs, row.completions) == (1, 1)
+
+
+def test_every_log_line_inside_a_task_names_task_queue_and_worker(alive: Any) -> None:
+    result = run("ops.probe", uuid.uuid4().hex)
+    lines = [json.loads(line) for line in worker_log().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("task_id") == result.id]
+    assert {line["event"] for line in mine} >= {"probe_started", "probe_completed"}
+    for line in mine:
+        assert line["task_name"] == "ops.probe" and line["queue"] == "default"
+        assert line["worker"].startswith("testworker@") and "timestamp" in line
