@@ -13,7 +13,7 @@ SCENARIOS ?= platform redis postgresql cluster
 APT_PACKAGES := python3-venv debootstrap systemd-container iptables iproute2 openssh-client rsync \
 	redis-server postgresql apt-cacher-ng
 
-.PHONY: help deps venv lab lab-up lab-down lab-status test lint test-app test-molecule lock clean
+.PHONY: help deps venv lab lab-summary lab-up lab-down lab-status test lint test-app test-molecule lock clean
 
 help:
 	@echo "make lab        bring up the local 4-host lab and deploy the bundle on it"
@@ -40,9 +40,21 @@ venv: $(VENV)/.synced
 lab-up: deps venv
 	$(LAB) up
 
+# The lab, deployed: hosts up, site.yml, a smoke task per queue, then where everything is.
 lab: lab-up
 	ansible-playbook site.yml
 	ansible-playbook playbooks/smoke.yml
+	@$(MAKE) --no-print-directory lab-summary
+
+lab-summary:
+	@echo; echo "==> The lab"; $(LAB) status --lab lab
+	@flower=$$($(PY) -c 'import json; print(json.load(open(".lab/lab/hosts.json"))["hosts"]["ops1"]["address"])'); \
+	echo "ssh:     ssh -F .lab/ssh_config HOST        (or: $(LAB) ssh HOST); hosts: data1 worker1 worker2 ops1"; \
+	echo "Flower:  http://$$flower:5555/   user admin, password in .lab/secrets/flower_basic_auth_password"; \
+	echo "Submit:  ssh -F .lab/ssh_config ops1 taskctl submit ops.probe --args '[\"hello\"]' --queue pricing"; \
+	echo "Result:  ssh -F .lab/ssh_config ops1 taskctl status ID     (names the worker, e.g. pricing@worker1)"; \
+	echo "Logs:    ssh -F .lab/ssh_config worker1 tail -f /var/log/celery/pricing.log   (also: journalctl -u celery-worker@pricing)"; \
+	echo "Workers: ssh -F .lab/ssh_config worker1 systemctl status 'celery-worker@*'; beat and Flower run on ops1"
 
 lab-down: venv
 	$(LAB) down
