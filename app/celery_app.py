@@ -92,6 +92,31 @@ class AppTask(Task):
             )
             raise self.retry(exc=err, countdown=countdown) from exc
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Keep a record of final failures in application_logs (pruned by database_maintenance)."""
+        log.error("task_failed", error=f"{type(exc).__name__}: {exc}"[:1000])
+        if self.request.is_eager:
+            return
+        try:
+            from app.db import session_scope
+            from app.models import ApplicationLog
+
+            with session_scope() as session:
+                session.add(
+                    ApplicationLog(
+                        level="ERROR",
+                        event="task_failed",
+                        data={
+                            "task_id": task_id,
+                            "task_name": self.name,
+                            "retries": self.request.retries,
+                            "error": f"{type(exc).__name__}: {exc}"[:2000],
+                        },
+                    )
+                )
+        except Exception as db_exc:  # the database may be the reason the task failed
+            log.warning("task_failure_not_recorded", error=str(db_exc)[:500])
+
     def _guard_redeliveries(self) -> None:
         """Count deliveries of this message; refuse one that keeps killing its worker.
 

@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 from conftest import POSTGRES, run, wait_state, worker_log
+from services import wait_for
 from sqlalchemy import select
 
 from app.celery_app import celery_app
 from app.db import session_scope
-from app.models import TaskProbe
+from app.models import ApplicationLog, TaskProbe
 
 
 def probe_row(token: str) -> TaskProbe:
@@ -120,3 +121,59 @@ def test_every_log_line_inside_a_task_names_task_queue_and_worker(alive: Any) ->
     for line in mine:
         assert line["task_name"] == "ops.probe" and line["queue"] == "default"
         assert line["worker"].startswith("testworker@") and "timestamp" in line
+
+
+def test_final_failures_are_recorded_in_application_logs(alive: Any) -> None:
+    result = run("pricing.update_material_costs", "not an object")
+    assert result.state == "FAILURE"
+
+    def logged() -> ApplicationLog | None:  # written just after the result is stored
+        with session_scope() as s:
+            return s.scalars(
+                select(ApplicationLog).where(ApplicationLog.data["task_id"].astext == result.id)
+            ).one_or_none()
+
+    row = wait_for(logged, 10, "application_logs row")
+    assert row.event == "task_failed" and row.data["task_name"] == "pricing.update_material_costs"
+    assert "expected an object" in row.data["error"]
+
+
+def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN, ENV, ROOT
+
+    log_path = tmp_path / "beat.log"
+    with log_path.open("wb") as log:
+        beat = subprocess.Popen(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "app.celery_app",
+                "beat",
+                "-s",
+                str(tmp_path / "beat-schedule"),
+                "--max-interval",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ENV},
+            cwd=ROOT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "Starting" not in log_path.read_text():
+                assert beat.poll() is None, log_path.read_text()
+                time.sleep(0.5)
+            time.sleep(2)
+            assert beat.poll() is None, log_path.read_text()
+        finally:
+            beat.send_signal(signal.SIGTERM)
+            beat.wait(30)
+    text = log_path.read_text()
+    assert '"event": "beat: Starting..."' in text
+    assert "Traceback" not in text and '"level": "error"' not in text
