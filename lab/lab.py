@@ -517,12 +517,33 @@ def iptables_rules(lab: Lab) -> list[tuple[str, list[str]]]:
     ]
 
 
+# Every host's systemd (root, no user namespace) draws on root's inotify quota; the kernel's default
+# of 128 instances runs out at about a dozen hosts, and units then fail at random ("Too many open
+# files"). Raised, never lowered, as kind and other container tools do.
+SYSCTLS = {
+    "fs/inotify/max_user_instances": 8192,
+    "fs/inotify/max_user_watches": 524288,
+    # Per uid, and a service user (redis, postgres) is the same uid in every host.
+    "kernel/keys/maxkeys": 20000,
+    "kernel/keys/maxbytes": 1000000,
+}
+
+
+def ensure_sysctls() -> None:
+    for key, want in SYSCTLS.items():
+        path = Path("/proc/sys") / key
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text()) < want:
+                path.write_text(f"{want}\n")
+
+
 def ensure_bridge(lab: Lab) -> None:
     if not Path(f"/sys/class/net/{lab.bridge}").exists():
         run("ip", "link", "add", lab.bridge, "type", "bridge")
     run("ip", "addr", "replace", f"{lab.gateway}/24", "dev", lab.bridge)
     run("ip", "link", "set", lab.bridge, "up")
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    ensure_sysctls()
     for table, rule in iptables_rules(lab):
         if (
             subprocess.run(
@@ -857,10 +878,12 @@ def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
     t0 = time.monotonic()
     RUN.mkdir(parents=True, exist_ok=True)
     lab.dir.mkdir(parents=True, exist_ok=True)
+    index = allocate_index(
+        lab.dir
+    )  # first: the apt cache is stopped only when no lab is registered
     use_proxy = proxy_start()
     image = ensure_image(use_proxy)
     t_image = time.monotonic()
-    index = allocate_index(lab.dir)
     if lab.state.get("index") not in (None, index):
         log(f"{lab.name}: leftovers of an earlier lab (index {lab.state['index']}): removing them")
         teardown(lab, keep_registry=True)
@@ -885,10 +908,14 @@ def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
             str(lab.key),
         )
     ensure_bridge(lab)
-    for h in hosts:
+
+    def prepare(h: str) -> None:
         mount_root(lab, h, image)
-        host_identity(lab, h)
+        host_identity(lab, h)  # ssh-keygen: the slow part, hence the threads
         ensure_host_net(lab, h)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(prepare, hosts))
     lab.save()
     write_hosts_files(lab)
     write_ssh_files(lab)
