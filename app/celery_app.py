@@ -217,6 +217,10 @@ def make_celery() -> Celery:
             },
         },
     )
+    if s.beat_interval_override:
+        # APP_BEAT_INTERVAL_OVERRIDE (lab and tests only): every entry at a short interval.
+        for entry in app.conf.beat_schedule.values():
+            entry["schedule"] = float(s.beat_interval_override)
     return app
 
 
@@ -227,7 +231,8 @@ celery_app = make_celery()
 def _setup_logging(**kwargs: Any) -> None:
     # Connected: Celery leaves logging to us (structlog JSON on stderr, journald keeps it).
     s = get_settings()
-    logs.configure(s.log_format, s.log_level)
+    # Celery passes its --logfile here (the deploy sets /var/log/celery/NAME.log).
+    logs.configure(s.log_format, s.log_level, kwargs.get("logfile") or None)
 
 
 @signals.task_prerun.connect

@@ -7,6 +7,7 @@ variables, so every line logged while the task runs carries them (Celery's own l
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 from typing import Any
 
@@ -20,25 +21,31 @@ _shared: list[Any] = [
 ]
 
 
-def configure(fmt: str = "json", level: str = "INFO") -> None:
+def configure(fmt: str = "json", level: str = "INFO", logfile: str | None = None) -> None:
+    """Log to stderr (the journal) and, given a path (Celery's --logfile), to that file too.
+
+    WatchedFileHandler reopens the path when logrotate has moved the file (docs/DEPLOY.md).
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=_shared,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                renderer,
-            ],
-        )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
     )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        handlers.append(logging.handlers.WatchedFileHandler(logfile, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
     structlog.configure(
         processors=[

@@ -79,6 +79,7 @@ class Settings:
     visibility_timeout: int
     worker_soft_shutdown_timeout: int
     task_max_deliveries: int
+    beat_interval_override: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -108,6 +109,8 @@ class Settings:
             visibility_timeout=_int("APP_VISIBILITY_TIMEOUT", 3600, minimum=1),
             worker_soft_shutdown_timeout=_int("APP_WORKER_SOFT_SHUTDOWN_TIMEOUT", 30),
             task_max_deliveries=_int("APP_TASK_MAX_DELIVERIES", 3, minimum=1),
+            # 0: the real schedule; N: every beat entry every N seconds (lab and tests only).
+            beat_interval_override=_int("APP_BEAT_INTERVAL_OVERRIDE", 0),
         )
         s.check()
         return s
