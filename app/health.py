@@ -38,10 +38,16 @@ def queue_lengths(client: redis.Redis | None = None) -> dict[str, int]:
     return {q: int(sum(sizes[i * step : (i + 1) * step])) for i, q in enumerate(QUEUES)}
 
 
-def unacked_count(client: redis.Redis | None = None) -> int:
-    """Messages delivered to workers and not yet acknowledged (kombu's `unacked` hash)."""
+def unacked_count(client: redis.Redis | None = None) -> int | None:
+    """Messages delivered to workers and not yet acknowledged (kombu's `unacked` hash).
+
+    None if the Redis user may not run HLEN (the count is informative, not a health criterion).
+    """
     client = client or broker_redis()
-    return int(client.hlen("unacked"))
+    try:
+        return int(client.hlen("unacked"))
+    except redis.exceptions.NoPermissionError:
+        return None
 
 
 def _timed(check: Any) -> dict[str, Any]:
