@@ -20,11 +20,24 @@ def sql(host: Any, query: str, db: str = "postgres") -> str:
     return str(host.check_output(cmd))
 
 
-def app_login(client: Any, server: str, password: str, user: str = "app", db: str = "app") -> Any:
-    """psql from a client host over TCP, password in the environment (never on a command line)."""
-    env = f"PGPASSWORD={shlex.quote(password)} PGCONNECT_TIMEOUT=5" if password else ""
+def app_login(
+    client: Any,
+    server: str,
+    password: str,
+    user: str = "app",
+    db: str = "app",
+    sslmode: str = "verify-full",
+    query: str = "SELECT current_user",
+) -> Any:
+    """psql from a client host over TCP, password in the environment (never on a command line).
+
+    verify-full: TLS, the server's certificate checked against the lab CA and its address.
+    """
+    env = f"PGSSLMODE={sslmode} PGCONNECT_TIMEOUT=5"
+    if password:
+        env += f" PGPASSWORD={shlex.quote(password)}"
     return client.run(
-        f"{env} psql -XAtq -w -h {server} -p {PORT} -U {user} -d {db} -c 'SELECT current_user'"
+        f"{env} psql -XAtq -w -h {server} -p {PORT} -U {user} -d {db} -c {shlex.quote(query)}"
     )
 
 
@@ -45,6 +58,13 @@ def test_service_active_and_enabled(host: Any) -> None:
 
 def test_listens_on_localhost_and_cluster_address_only(host: Any, cluster_address: str) -> None:
     assert listening(host) == {f"tcp://127.0.0.1:{PORT}", f"tcp://{cluster_address}:{PORT}"}
+
+
+def test_tls_on_with_the_role_certificate(host: Any) -> None:
+    assert sql(host, "SHOW ssl") == "on"
+    assert sql(host, "SHOW ssl_cert_file") == "/etc/postgresql/15/main/tls/server.crt"
+    key = host.file("/etc/postgresql/15/main/tls/server.key")
+    assert (key.user, key.mode) == ("postgres", 0o600)
 
 
 def test_passwords_are_scram_hashes(host: Any) -> None:
@@ -87,7 +107,7 @@ def test_pg_hba_scram_from_app_hosts_only(host: Any, peer: Any) -> None:
     ).splitlines()
     assert rules == [
         "local|all|postgres|||peer",
-        f"host|app|app|{worker}|255.255.255.255|scram-sha-256",
+        f"hostssl|app|app|{worker}|255.255.255.255|scram-sha-256",
     ]
     hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
     assert (hba.user, hba.group, hba.mode) == ("postgres", "postgres", 0o640)
@@ -109,6 +129,30 @@ def test_app_host_logs_in_with_the_password(
     out = app_login(peer("worker1"), cluster_address, hostvars["postgresql_app_password"])
     assert out.rc == 0, out.stderr
     assert out.stdout.strip() == "app"
+
+
+def test_app_host_connection_is_tls(
+    peer: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    out = app_login(
+        peer("worker1"),
+        cluster_address,
+        hostvars["postgresql_app_password"],
+        query="SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip() in ("t|TLSv1.3", "t|TLSv1.2")
+
+
+def test_app_host_without_tls_refused(
+    peer: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    out = app_login(
+        peer("worker1"), cluster_address, hostvars["postgresql_app_password"], sslmode="disable"
+    )
+    assert out.rc != 0
+    assert "no pg_hba.conf entry" in out.stderr
+    assert "no encryption" in out.stderr
 
 
 def test_app_host_wrong_password_refused(peer: Any, cluster_address: str) -> None:
@@ -146,7 +190,7 @@ def test_outsider_refused_by_pg_hba(
 def test_localhost_app_login_refused_on_a_data_only_host(
     host: Any, hostvars: dict[str, Any]
 ) -> None:
-    out = app_login(host, "127.0.0.1", hostvars["postgresql_app_password"])
+    out = app_login(host, "127.0.0.1", hostvars["postgresql_app_password"], sslmode="require")
     assert out.rc != 0
     assert "no pg_hba.conf entry" in out.stderr
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,8 @@ from conftest import lab_reboot
 testinfra_hosts = ["redis_servers"]
 
 PORT = 6379
+TLS_PORT = 6380
+CA = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "tls" / "ca.crt"
 
 
 def client(address: str, user: str | None, password: str | None, db: int = 0) -> redis.Redis:
@@ -25,6 +30,21 @@ def admin(hostvars: dict[str, Any], address: str = "127.0.0.1") -> redis.Redis:
     return client(address, "admin", hostvars["redis_admin_password"])
 
 
+def tls_client(address: str, user: str, password: str, ca: Path | None = CA) -> redis.Redis:
+    """TLS as the app uses it: the server certificate verified against the CA, name included."""
+    return redis.Redis(
+        host=address,
+        port=TLS_PORT,
+        username=user,
+        password=password,
+        ssl=True,
+        ssl_cert_reqs="required",
+        ssl_ca_certs=str(ca) if ca else None,
+        ssl_check_hostname=True,
+        socket_timeout=5,
+    )
+
+
 def listening(host: Any, port: int) -> set[str]:
     return {s for s in host.socket.get_listening_sockets() if s.rsplit(":", 1)[-1] == str(port)}
 
@@ -35,9 +55,36 @@ def test_service_active_and_enabled(host: Any) -> None:
     assert service.is_enabled
 
 
-def test_listens_on_localhost_and_cluster_address_only(host: Any, cluster_address: str) -> None:
-    assert listening(host, PORT) == {f"tcp://127.0.0.1:{PORT}", f"tcp://{cluster_address}:{PORT}"}
-    assert listening(host, 6380) == set()  # no TLS port unless redis_tls_enabled
+@pytest.mark.parametrize("port", [PORT, TLS_PORT])
+def test_listens_on_localhost_and_cluster_address_only(
+    host: Any, cluster_address: str, port: int
+) -> None:
+    assert listening(host, port) == {f"tcp://127.0.0.1:{port}", f"tcp://{cluster_address}:{port}"}
+
+
+def test_tls_verified_login(cluster_address: str, hostvars: dict[str, Any]) -> None:
+    assert tls_client(cluster_address, "celery", hostvars["redis_celery_password"]).ping()
+
+
+def test_tls_refused_without_the_ca(cluster_address: str, hostvars: dict[str, Any]) -> None:
+    """Against the system's trust store the lab's certificate does not verify."""
+    r = tls_client(cluster_address, "celery", hostvars["redis_celery_password"], ca=None)
+    with pytest.raises(redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        r.ping()
+
+
+def test_tls_requires_a_password_too(cluster_address: str) -> None:
+    context = ssl.create_default_context(cafile=str(CA))
+    raw = socket.create_connection((cluster_address, TLS_PORT), timeout=5)
+    with context.wrap_socket(raw, server_hostname=cluster_address) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(256).startswith(b"-NOAUTH")
+
+
+def test_tls_key_readable_by_redis_only(host: Any) -> None:
+    key = host.file("/etc/redis/tls/redis.key")
+    assert (key.user, key.group, key.mode) == ("root", "redis", 0o640)
+    assert host.file("/etc/redis/tls").mode == 0o750
 
 
 def test_acl_file_holds_hashes_only(host: Any, hostvars: dict[str, Any]) -> None:
@@ -179,13 +226,21 @@ def test_overcommit_configured(host: Any) -> None:
     assert "vm.overcommit_memory=1" in host.file("/etc/sysctl.d/60-redis.conf").content_string
 
 
-def test_celery_round_trip_as_acl_user(hostvars: dict[str, Any], cluster_address: str) -> None:
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+def test_celery_round_trip_as_acl_user(
+    hostvars: dict[str, Any], cluster_address: str, scheme: str
+) -> None:
     """A real worker: results, group, chord, remote control, events; nothing refused by the ACL."""
     adm = admin(hostvars, cluster_address)
     adm.execute_command("ACL", "LOG", "RESET")
     password = hostvars["redis_celery_password"]
-    base = f"redis://celery:{password}@{cluster_address}:{PORT}"
-    out = run_probe(f"{base}/0", f"{base}/1")
+    port, query = (
+        (PORT, "")
+        if scheme == "redis"
+        else (TLS_PORT, f"?ssl_cert_reqs=required&ssl_ca_certs={CA}")
+    )
+    base = f"{scheme}://celery:{password}@{cluster_address}:{port}"
+    out = run_probe(f"{base}/0{query}", f"{base}/1{query}")
     assert out["single"] == 5
     assert out["group"] == [0, 2, 4, 6]
     assert out["chord"] == 10
@@ -210,6 +265,10 @@ def test_back_after_reboot_with_data(
     service = host.service("redis-server")
     assert service.is_running
     assert service.is_enabled
-    assert listening(host, PORT) == {f"tcp://127.0.0.1:{PORT}", f"tcp://{cluster_address}:{PORT}"}
+    for port in (PORT, TLS_PORT):
+        assert listening(host, port) == {
+            f"tcp://127.0.0.1:{port}",
+            f"tcp://{cluster_address}:{port}",
+        }
     assert celery.llen("molecule-queue") == 100
     celery.delete("molecule-queue")
