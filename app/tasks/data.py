@@ -37,8 +37,8 @@ def _report_day(value: Any) -> date:
 def generate_daily_reports(self: Any, report_date: str | None = None) -> dict[str, Any]:
     """Write the report files of one day (default: yesterday, UTC) into APP_REPORT_DIR."""
     day = _report_day(report_date)
-    with get_engine().connect() as conn, conn.begin():
-        summary, rows = reports.build(Session(bind=conn), day)
+    with get_engine().connect() as conn, conn.begin(), Session(bind=conn) as session:
+        summary, rows = reports.build(session, day)
     files = reports.write(Path(get_settings().report_dir), summary, rows)
     log.info("daily_report_written", report_date=day.isoformat(), files=files)
     return {
@@ -57,8 +57,9 @@ def backup_pricing_data(self: Any) -> dict[str, Any]:
     """Back up the pricing tables to APP_BACKUP_DIR/pricing-YYYYMMDD.json.gz, keep the newest."""
     settings = get_settings()
     engine = get_engine().execution_options(isolation_level="REPEATABLE READ")
-    with engine.connect() as conn, conn.begin():
-        payload = backup.dump(Session(bind=conn))
+    # One snapshot of all pricing tables.
+    with engine.connect() as conn, conn.begin(), Session(bind=conn) as session:
+        payload = backup.dump(session)
     directory = Path(settings.backup_dir)
     path = backup.write_backup(directory, payload, datetime.now(UTC).date())
     deleted = backup.prune(directory, settings.backup_keep)
