@@ -568,6 +568,7 @@ def ensure_host_net(lab: Lab, name: str) -> None:
             check=False,
         )
         if f"{lab.address(name)}/24" in ok.stdout and Path(f"/sys/class/net/{veth}").exists():
+            run("ip", "link", "set", veth, "up")  # `up` also ends a `cut`
             return
         run("ip", "netns", "del", ns)  # half-made by a crashed run: start over
     if Path(f"/sys/class/net/{veth}").exists():
