@@ -67,9 +67,8 @@ RECIPE: dict[str, Any] = {
     ],
 }
 
-NET_PREFIX = (
-    "10.231"  # lab N uses 10.231.N.0/24; 10.231.255.0/24 is reserved for the controller's services
-)
+# Lab N uses 10.231.N.0/24; 10.231.255.0/24 is reserved for the controller's services.
+NET_PREFIX = "10.231"
 MAX_LABS = 250
 HOST_OFFSET = 10  # host J of a lab is 10.231.N.(10+J)
 PROXY_DEV = "clabproxy"
@@ -614,7 +613,7 @@ def host_procs(root: Path, under: bool = False) -> tuple[list[int], list[int], l
             sups.append(pid)
         elif argv and argv[0].endswith("systemd-nspawn"):
             nspawns.append(pid)
-    inits = [pid for pid, _, ppid in table if ppid in nspawns]
+    inits = [pid for pid, _, ppid in table if ppid in nspawns and pid_alive(pid)]
     return sups, nspawns, inits
 
 
@@ -1127,25 +1126,23 @@ def main(argv: list[str] | None = None) -> int:
         "--lab", default=argparse.SUPPRESS, help="lab name (default: $LAB_NAME or lab)"
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    parser_of = sub.add_parser
 
-    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return parser_of(name, parents=[common], **kw)
+    def command(name: str, helptext: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=helptext)
 
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-    up = sub.add_parser("up", help="boot the lab's hosts (twice is harmless)")
+    up = command("up", "boot the lab's hosts (twice is harmless)")
     up.add_argument(
         "--hosts", help="comma-separated host names (default: every host of inventories/lab)"
     )
     up.add_argument("--no-wait", action="store_true", help="do not wait for SSH and systemd")
     up.add_argument("--json", action="store_true", help="print the hosts (hosts.json) on stdout")
-    down = sub.add_parser("down", help="remove everything the lab made")
+    down = command("down", "remove everything the lab made")
     down.add_argument("--all", action="store_true", help="every lab of this checkout")
-    st = sub.add_parser("status", help="labs, hosts, addresses and states")
+    st = command("status", "labs, hosts, addresses and states")
     st.add_argument("--json", action="store_true")
-    sub.add_parser("image", help="build the base image (if it is not cached) and print its path")
-    sub.add_parser("purge", help="down --all, then remove the image and apt caches")
-    s = sub.add_parser("ssh", help="SSH to a host")
+    command("image", "build the base image (if it is not cached) and print its path")
+    command("purge", "down --all, then remove the image and apt caches")
+    s = command("ssh", "SSH to a host")
     s.add_argument("host")
     s.add_argument("command", nargs=argparse.REMAINDER)
     for name, helptext in (
@@ -1155,7 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cut", "cut a host off the network"),
         ("restore", "reconnect a cut host"),
     ):
-        c = sub.add_parser(name, help=helptext)
+        c = command(name, helptext)
         c.add_argument("host")
         if name in ("reboot", "start"):
             c.add_argument("--no-wait", action="store_true")
@@ -1178,6 +1175,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "image":
             RUN.mkdir(parents=True, exist_ok=True)
             print(ensure_image(proxy_start()))
+            with locked(RUN / "lock"):
+                if not registry_load()["labs"]:
+                    proxy_stop()  # started for this build only
             return 0
         if a.cmd == "purge":
             cmd_purge()
