@@ -769,7 +769,7 @@ def mount_root(lab: Lab, name: str, image: Path) -> None:
         return
     for d in ("upper", "work", "root"):
         (hdir / d).mkdir(parents=True, exist_ok=True)
-    mode = lab.hosts[name].setdefault("storage", "overlay")
+    mode = lab.hosts[name].setdefault("storage", os.environ.get("LAB_STORAGE", "overlay"))
     if mode == "overlay":
         opts = f"lowerdir={image},upperdir={hdir / 'upper'},workdir={hdir / 'work'}"
         if (
@@ -826,10 +826,8 @@ def write_hosts_files(lab: Lab) -> None:
 
 
 def write_ssh_files(lab: Lab) -> None:
-    known, config = (
-        [],
-        [f"# Written by lab/lab.py for lab {lab.name}: ssh -F {lab.ssh_config} HOST\n"],
-    )
+    known: list[str] = []
+    config = [f"# Written by lab/lab.py for lab {lab.name}: ssh -F {lab.ssh_config} HOST\n"]
     hosts_json: dict[str, Any] = {
         "lab": lab.name,
         "subnet": lab.subnet,
@@ -839,11 +837,10 @@ def write_ssh_files(lab: Lab) -> None:
     }
     for name in lab.hosts:
         addr = lab.address(name)
-        for pub in (
-            sorted((lab.root(name) / "etc/ssh").glob("ssh_host_*_key.pub"))
-            if mounted(lab.root(name))
-            else []
-        ):
+        # The host's keys: in its root, or in its overlay's upper layer while it is not mounted.
+        keydirs = [lab.root(name) / "etc/ssh", lab.hdir(name) / "upper/etc/ssh"]
+        pubs = [sorted(d.glob("ssh_host_*_key.pub")) for d in keydirs]
+        for pub in next((found for found in pubs if found), []):
             keytype, keydata = pub.read_text().split()[:2]
             known.append(f"{name},{addr} {keytype} {keydata}")
         config.append(
@@ -1077,6 +1074,7 @@ def cmd_start(lab: Lab, name: str, wait: bool) -> None:
     ensure_bridge(lab)
     mount_root(lab, name, Path(lab.state["image"]))
     ensure_host_net(lab, name)
+    write_hosts_files(lab)
     start_supervisor(lab, name)
     if wait:
         ready = wait_ssh(lab, [name])
