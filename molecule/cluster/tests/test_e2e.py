@@ -46,18 +46,6 @@ out = {
 print(json.dumps(out))
 """
 
-BEAT_SEEN = """
-import json
-from app.celery_app import celery_app
-client = celery_app.backend.client
-names = {}
-for key in client.scan_iter("celery-task-meta-*", count=1000):
-    meta = json.loads(client.get(key) or "{}")
-    if meta.get("name") and meta.get("status") == "SUCCESS":
-        names.setdefault(meta["name"], meta.get("worker"))
-print(json.dumps(names))
-"""
-
 
 def instance_queues(worker: str) -> list[str]:
     """Queues of the instance `NAME@HOST`, read from HOST's /etc/celery/worker-NAME.env."""
@@ -93,48 +81,83 @@ def test_taskctl_submits_and_reads_a_result(host: Any) -> None:
 
 
 def test_beat_fires_the_periodic_tasks(host: Any) -> None:
+    """Beat (every 10 s here) sends each entry; Flower's task history shows who ran it."""
     wanted = {
         "maintenance.expire_old_quotes",
         "maintenance.cleanup_expired_reservations",
         "data.generate_daily_reports",
         "data.backup_pricing_data",
     }
-    seen: dict[str, Any] = {}
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        seen = app_python(host, BEAT_SEEN)
-        if wanted <= set(seen):
-            break
+    login = flower_login(host)
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not wanted <= set(seen):
+        tasks = json.loads(flower_get(host, "/api/tasks?state=SUCCESS&limit=1000", login)[1])
+        seen = {t["name"]: t["worker"] for t in tasks.values() if t.get("name") in wanted}
         time.sleep(5)
-    assert wanted <= set(seen), f"beat tasks never completed: {sorted(wanted - set(seen))}"
-    for name in wanted:
-        assert seen[name].split("@")[1] in ("worker1", "worker2")
+    assert wanted <= set(seen), f"beat tasks never succeeded: {sorted(wanted - set(seen))}"
+    for worker in seen.values():
+        assert worker.split("@")[1] in ("worker1", "worker2")
 
 
-def flower_get(host: Any, path: str, auth: str | None) -> int:
-    """HTTP status of Flower's `path`, fetched on ops1 from its cluster address."""
+def flower_get(host: Any, path: str, auth: str | None) -> tuple[int, str]:
+    """HTTP status and body of Flower's `path`, fetched on ops1 from its cluster address."""
     code = f"""
 import base64, sys, urllib.error, urllib.request
 req = urllib.request.Request("http://" + sys.argv[1] + ":5555{path}")
 if len(sys.argv) > 2:
     req.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
 try:
-    print(urllib.request.urlopen(req, timeout=10).status)
+    r = urllib.request.urlopen(req, timeout=10)
+    print(r.status)
+    print(r.read().decode())
 except urllib.error.HTTPError as e:
     print(e.code)
 """
     address = host.check_output("hostname -I").split()[0]
     args = f"{address} {shlex.quote(auth)}" if auth else address
-    return int(host.check_output(f"python3 -c {shlex.quote(code)} {args}"))
+    out = host.check_output(f"python3 -c {shlex.quote(code)} {args}")
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def flower_login(host: Any) -> str:
+    env = host.file("/etc/celery/flower.env").content_string
+    basic = next(x for x in env.splitlines() if x.startswith("FLOWER_BASIC_AUTH="))
+    return basic.split("=", 1)[1].strip('"')
 
 
 def test_flower_requires_its_login(host: Any) -> None:
-    env = host.file("/etc/celery/flower.env").content_string
-    basic = next(x for x in env.splitlines() if x.startswith("FLOWER_BASIC_AUTH="))
-    login = basic.split("=", 1)[1].strip('"')
-    assert flower_get(host, "/", None) == 401
-    assert flower_get(host, "/", "admin:wrong-password") == 401
-    assert flower_get(host, "/", login) == 200
-    assert flower_get(host, "/api/workers", login) == 200
-    assert flower_get(host, "/healthcheck", None) == 200
-    assert flower_get(host, "/metrics", None) == 200
+    login = flower_login(host)
+    assert flower_get(host, "/", None)[0] == 401
+    assert flower_get(host, "/", "admin:wrong-password")[0] == 401
+    assert flower_get(host, "/api/workers", None)[0] == 401
+    assert flower_get(host, "/", login)[0] == 200
+    status, body = flower_get(host, "/api/workers?refresh=1", login)
+    assert status == 200
+    assert {"pricing@worker1", "batch@worker2"} <= set(json.loads(body))
+    assert flower_get(host, "/healthcheck", None)[0] == 200
+    assert flower_get(host, "/metrics", None)[0] == 200
+
+
+def test_workers_keep_logging_after_logrotate(host: Any) -> None:
+    """Move-and-create rotation: the next task's lines land in the new pricing.log."""
+    worker1 = other_host("worker1")
+    worker1.check_output("logrotate --force /etc/logrotate.d/celery")
+    assert worker1.file("/var/log/celery/pricing.log.1").exists
+    for attempt in range(10):  # the pricing queue is shared by worker1 and worker2
+        token = f"rotate-{int(time.time())}-{attempt}"
+        task_id = host.check_output(
+            f"taskctl submit ops.probe --args {shlex.quote(json.dumps([token]))} --queue pricing"
+        ).strip()
+        assert host.run(f"taskctl result --wait --timeout 60 {task_id}").rc == 0
+        if (
+            json.loads(host.check_output(f"taskctl status {task_id}"))["worker"]
+            == "pricing@worker1"
+        ):
+            break
+    else:
+        raise AssertionError("no pricing task ran on worker1 in 10 tries")
+    log = worker1.file("/var/log/celery/pricing.log")
+    assert (log.user, log.group, log.mode) == ("celery", "celery", 0o640)
+    assert task_id in log.content_string

@@ -30,7 +30,8 @@ def test_every_unit_active_and_enabled(host: Any, hostvars: dict[str, Any]) -> N
         assert service.is_running or unit.endswith(".target"), unit
         assert host.run(f"systemctl is-active {unit}").stdout.strip() == "active", unit
         assert service.is_enabled, unit
-    assert host.run("systemctl --failed --no-legend --plain").stdout.strip() == ""
+    failed = host.run("systemctl --failed --no-legend --plain 'celery*' 'flower*'").stdout
+    assert failed.strip() == ""
 
 
 def test_every_queue_is_consumed_on_each_worker_host(host: Any, hostvars: dict[str, Any]) -> None:
@@ -142,7 +143,9 @@ def test_each_process_writes_its_log_file(host: Any, hostvars: dict[str, Any]) -
         f = host.file(f"/var/log/celery/{name}.log")
         assert f.exists, f"/var/log/celery/{name}.log"
         assert (f.user, f.group) == ("celery", "celery")
-        assert f.size > 0, f"/var/log/celery/{name}.log is empty"
+        # A rotation test may just have moved it: the lines are then in NAME.log.1.
+        rotated = host.file(f"/var/log/celery/{name}.log.1")
+        assert f.size + (rotated.size if rotated.exists else 0) > 0, f"{name}.log is empty"
 
 
 def test_ports(host: Any, hostvars: dict[str, Any]) -> None:
