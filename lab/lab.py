@@ -438,7 +438,7 @@ def proxy_start() -> bool:
             f"Remap-debrep: file:deb_mirror*.gz /debian ; {RECIPE['mirror']}/\n"
             "Remap-secdeb: security.debian.org deb.debian.org/debian-security ; "
             f"{RECIPE['security_mirror']}/\n"
-            "ConnectProto: v4\nExThreshold: 30\nReportPage: acng-report.html\n",
+            "ConnectProto: v4\nExThreshold: 30\n",  # no ReportPage: no admin page for the hosts
         )
         cmd = ["setpriv", "--reuid=apt-cacher-ng", "--regid=apt-cacher-ng", "--init-groups", "--"]
         cmd += ["/usr/sbin/apt-cacher-ng", "-c", str(conf), "ForeGround=1"]
