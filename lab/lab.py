@@ -477,42 +477,18 @@ def proxy_stop() -> None:
 
 
 def iptables_rules(lab: Lab) -> list[tuple[str, list[str]]]:
-    tag = ["-m", "comment", "--comment", lab.bridge]
+    """(table, rule) of the lab, tagged with its name. Filter rules are inserted at the top of
+    their chain in this order, so the last one listed is evaluated first."""
+    rules = [
+        ("nat", f"POSTROUTING -s {lab.subnet} ! -o {lab.bridge} -j MASQUERADE"),
+        ("filter", f"FORWARD -i {lab.bridge} -j ACCEPT"),
+        ("filter", f"FORWARD -o {lab.bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        ("filter", f"INPUT -i {lab.bridge} -d {PROXY_ADDR} -p tcp --dport {PROXY_PORT} -j ACCEPT"),
+        # Labs do not reach each other: a scenario only ever talks to its own hosts.
+        ("filter", f"FORWARD -i {lab.bridge} ! -o {lab.bridge} -d {NET_PREFIX}.0.0/16 -j DROP"),
+    ]
     return [
-        ("nat", ["POSTROUTING", "-s", lab.subnet, "!", "-o", lab.bridge, "-j", "MASQUERADE", *tag]),
-        ("filter", ["FORWARD", "-i", lab.bridge, "-j", "ACCEPT", *tag]),
-        (
-            "filter",
-            [
-                "FORWARD",
-                "-o",
-                lab.bridge,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "ACCEPT",
-                *tag,
-            ],
-        ),
-        (
-            "filter",
-            [
-                "INPUT",
-                "-i",
-                lab.bridge,
-                "-d",
-                PROXY_ADDR,
-                "-p",
-                "tcp",
-                "--dport",
-                str(PROXY_PORT),
-                "-j",
-                "ACCEPT",
-                *tag,
-            ],
-        ),
+        (table, [*rule.split(), "-m", "comment", "--comment", lab.bridge]) for table, rule in rules
     ]
 
 
