@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 from celery import Celery, chord, group
@@ -18,7 +19,8 @@ from celery.contrib.testing.worker import start_worker
 
 def run_probe(broker_url: str, backend_url: str, timeout: float = 30.0) -> dict[str, Any]:
     """Run a worker in this process and drive it through every Redis feature Celery uses."""
-    app = Celery("acl_probe", broker=broker_url, backend=backend_url, set_as_current=False)
+    name = f"probe{uuid.uuid4().hex[:8]}"  # task names unique per run of this process
+    app = Celery(name, broker=broker_url, backend=backend_url, set_as_current=False)
     app.conf.update(
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -27,11 +29,11 @@ def run_probe(broker_url: str, backend_url: str, timeout: float = 30.0) -> dict[
         broker_transport_options={"visibility_timeout": 3600},
     )
 
-    @app.task(name="probe.add")
+    @app.task(name=f"{name}.add")
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="probe.total")
+    @app.task(name=f"{name}.total")
     def total(values: list[int]) -> int:
         return sum(values)
 
