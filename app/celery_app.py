@@ -7,6 +7,7 @@ depends on the host comes from app.settings (APP_* variables).
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import redis
@@ -228,11 +229,17 @@ celery_app = make_celery()
 
 
 @signals.setup_logging.connect
-def _setup_logging(**kwargs: Any) -> None:
+def _setup_logging(loglevel: Any = None, logfile: str | None = None, **kwargs: Any) -> None:
     # Connected: Celery leaves logging to us (structlog JSON on stderr, journald keeps it).
+    # Celery passes its --logfile here (the deploy sets /var/log/celery/NAME.log), and an
+    # explicit --loglevel of the worker instance wins over APP_LOG_LEVEL.
     s = get_settings()
-    # Celery passes its --logfile here (the deploy sets /var/log/celery/NAME.log).
-    logs.configure(s.log_format, s.log_level, kwargs.get("logfile") or None)
+    level = loglevel if loglevel and _loglevel_given() else s.log_level
+    logs.configure(s.log_format, level, logfile or None)
+
+
+def _loglevel_given() -> bool:
+    return any(a in ("-l", "--loglevel") or a.startswith(("--loglevel=", "-l")) for a in sys.argv)
 
 
 @signals.task_prerun.connect

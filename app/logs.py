@@ -21,7 +21,7 @@ _shared: list[Any] = [
 ]
 
 
-def configure(fmt: str = "json", level: str = "INFO", logfile: str | None = None) -> None:
+def configure(fmt: str = "json", level: str | int = "INFO", logfile: str | None = None) -> None:
     """Log to stderr (the journal) and, given a path (Celery's --logfile), to that file too.
 
     WatchedFileHandler reopens the path when logrotate has moved the file (docs/DEPLOY.md).

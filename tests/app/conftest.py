@@ -61,7 +61,8 @@ ENV = {
     "APP_TASK_MAX_DELIVERIES": "3",
 }
 os.environ.update(ENV)
-WORKER_LOG = WORK / "worker.log"
+WORKER_LOG = WORK / "worker.log"  # stderr (what the journal gets)
+WORKER_FILE_LOG = WORK / "worker-file.log"  # --logfile (what /var/log/celery/NAME.log gets)
 
 
 class SmsGateway:
@@ -191,6 +192,10 @@ def worker(
             "-n",
             "testworker@%h",
             "--without-gossip",
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(WORKER_FILE_LOG),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from celery.schedules import crontab
 
-from app.celery_app import QUEUES, celery_app, queue_for
+from app.celery_app import QUEUES, celery_app, make_celery, queue_for
 from app.settings import Settings, SettingsError
 
 EXPECTED_TASKS = {
@@ -101,3 +101,17 @@ def test_lists_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings.from_env()
     assert s.alert_recipients == ("a@x.test", "b@x.test")
     assert "s3cret" not in repr(s)
+
+
+def test_beat_interval_override_shortens_every_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import settings
+
+    monkeypatch.setenv("APP_BEAT_INTERVAL_OVERRIDE", "10")
+    settings.get_settings.cache_clear()
+    try:
+        schedule = make_celery().conf.beat_schedule
+    finally:
+        monkeypatch.delenv("APP_BEAT_INTERVAL_OVERRIDE")
+        settings.get_settings.cache_clear()
+    assert {e["schedule"] for e in schedule.values()} == {10.0}
+    assert len(schedule) == 4

@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from conftest import POSTGRES, run, wait_state, worker_log
+from conftest import POSTGRES, WORKER_FILE_LOG, run, wait_state, worker_log
 from services import wait_for
 from sqlalchemy import select
 
@@ -115,12 +115,14 @@ def test_database_outage_is_retried_and_nothing_is_lost(alive: Any) -> None:
 
 def test_every_log_line_inside_a_task_names_task_queue_and_worker(alive: Any) -> None:
     result = run("ops.probe", uuid.uuid4().hex)
-    lines = [json.loads(line) for line in worker_log().splitlines() if line.startswith("{")]
-    mine = [line for line in lines if line.get("task_id") == result.id]
-    assert {line["event"] for line in mine} >= {"probe_started", "probe_completed"}
-    for line in mine:
-        assert line["task_name"] == "ops.probe" and line["queue"] == "default"
-        assert line["worker"].startswith("testworker@") and "timestamp" in line
+    # The same JSON lines on stderr (the journal) and in the --logfile.
+    for text in (worker_log(), WORKER_FILE_LOG.read_text()):
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("task_id") == result.id]
+        assert {line["event"] for line in mine} >= {"probe_started", "probe_completed"}
+        for line in mine:
+            assert line["task_name"] == "ops.probe" and line["queue"] == "default"
+            assert line["worker"].startswith("testworker@") and "timestamp" in line
 
 
 def test_final_failures_are_recorded_in_application_logs(alive: Any) -> None:
@@ -158,6 +160,10 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
                 str(tmp_path / "beat-schedule"),
                 "--max-interval",
                 "1",
+                "--loglevel",
+                "INFO",
+                "--logfile",
+                str(tmp_path / "beat-file.log"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -176,4 +182,5 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
             beat.wait(30)
     text = log_path.read_text()
     assert '"event": "beat: Starting..."' in text
+    assert '"event": "beat: Starting..."' in (tmp_path / "beat-file.log").read_text()
     assert "Traceback" not in text and '"level": "error"' not in text
