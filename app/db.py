@@ -25,8 +25,10 @@ def get_engine() -> Engine:
         _engine = create_engine(
             get_settings().database_url,
             pool_pre_ping=True,  # a restarted PostgreSQL leaves dead pooled connections
+            # A task holds one connection at a time: a prefork child needs 1, a threads pool
+            # one per thread (overflow connections are closed when returned).
             pool_size=2,
-            max_overflow=2,
+            max_overflow=30,
             pool_recycle=1800,
             connect_args={"connect_timeout": 5, "application_name": "celery-app"},
         )
