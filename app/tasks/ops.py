@@ -26,21 +26,21 @@ def probe(
     token: str,
     sleep_seconds: float = 0,
     fail_times: int = 0,
-    crash: bool = False,
+    crash_times: int = 0,
 ) -> dict[str, Any]:
     """Record a run of `token` in task_probes: runs counts starts, completions counts finishes.
 
     sleep_seconds keeps it busy between the two; fail_times makes the first N runs raise a
-    temporary error (so it is retried); crash=True kills its own process after counting the run
-    (a message that kills its worker every time: redeliveries are bounded).
+    temporary error (so it is retried); the first crash_times runs SIGKILL their own process
+    after counting the run (a large value: a message that kills its worker every time, whose
+    redeliveries are bounded by APP_TASK_MAX_DELIVERIES).
     """
     token = require_str(token, "token", max_len=200)
     sleep = float(require_number(sleep_seconds, "sleep_seconds", positive=False, maximum=3600))
     if sleep < 0:
         raise ValidationError("sleep_seconds: must not be negative")
     fail_times = require_int(fail_times, "fail_times", minimum=0, maximum=20)
-    if not isinstance(crash, bool):
-        raise ValidationError(f"crash: expected true or false, got {type(crash).__name__}")
+    crash_times = require_int(crash_times, "crash_times", minimum=0, maximum=1000)
     request = self.request
     queue = (request.delivery_info or {}).get("routing_key")
     worker = request.hostname
@@ -61,8 +61,8 @@ def probe(
     with session_scope() as session:
         runs = session.execute(stmt).scalar_one()
     log.info("probe_started", token=token, runs=runs)
-    if crash:
-        log.warning("probe_crashing", token=token)
+    if runs <= crash_times:
+        log.warning("probe_crashing", token=token, runs=runs)
         os.kill(os.getpid(), signal.SIGKILL)
     if runs <= fail_times:
         raise TemporaryError(f"probe {token}: planned failure {runs} of {fail_times}")

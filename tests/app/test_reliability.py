@@ -50,9 +50,18 @@ def test_permanent_failure_is_not_retried(alive: Any) -> None:
     assert "sleep_seconds" in str(result.result)
 
 
+def test_task_whose_pool_child_is_killed_is_redelivered_and_completes(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    result = run("ops.probe", token, crash_times=1, timeout=120)
+    assert result.state == "SUCCESS", result.result
+    assert result.retries == 0  # requeued as the same message, not retried
+    row = probe_row(token)
+    assert (row.runs, row.completions) == (2, 1)  # ran twice, effect completed once
+
+
 def test_message_that_kills_its_worker_is_bounded(alive: Any) -> None:
     token = uuid.uuid4().hex
-    result = run("ops.probe", token, crash=True, timeout=120)
+    result = run("ops.probe", token, crash_times=1000, timeout=120)
     assert result.state == "FAILURE", result.state
     assert "delivered 4 times" in str(result.result) and "APP_TASK_MAX_DELIVERIES=3" in str(
         result.result
