@@ -773,7 +773,15 @@ def host_identity(lab: Lab, name: str) -> None:
     write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    run("ssh-keygen", "-q", "-A", "-f", str(root), capture=True)
+    # Ed25519 and ECDSA host keys only: an RSA key takes seconds to generate on a loaded machine.
+    for keytype in ("ed25519", "ecdsa"):
+        keyfile = str(root / f"etc/ssh/ssh_host_{keytype}_key")
+        run("ssh-keygen", "-q", "-t", keytype, "-N", "", "-C", f"root@{name}", "-f", keyfile)
+    write(
+        root / "etc/ssh/sshd_config.d/lab-host-keys.conf",
+        "# The lab's hosts have no RSA host key (lab/lab.py).\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+    )
     pub = lab.key.with_suffix(".pub").read_text()
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
     write(root / "root/.ssh/authorized_keys", pub, 0o600)
