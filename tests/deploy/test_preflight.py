@@ -1,0 +1,159 @@
+"""The preflight refuses a wrong inventory before any host is changed, naming the variable.
+
+Runs playbooks/preflight.yml against a 4-host inventory of the lab's shape whose hosts are all
+the controller itself (ansible_connection=local; it runs Debian 12 like the hosts), with the lab's
+worker instances (read from inventories/lab, one source of truth) and one fault at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_VARS = REPO / "inventories" / "lab" / "group_vars"
+
+
+def base_inventory() -> dict[str, Any]:
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    workers = yaml.safe_load((LAB_VARS / "celery_workers.yml").read_text())
+    common = yaml.safe_load((LAB_VARS / "all" / "celery.yml").read_text())
+    return {
+        "all": {
+            "vars": {
+                **local,
+                **common,
+                # Throwaway values: this inventory never reaches a real host.
+                "redis_celery_password": "preflight-redis",
+                "postgresql_app_password": "preflight-pg",
+                "flower_basic_auth_password": "preflight-flower",
+                "cluster_address": "10.99.0.1",
+            },
+            "children": {
+                "redis_servers": {"hosts": {"data1": None}},
+                "postgresql_servers": {"hosts": {"data1": None}},
+                "celery_workers": {"hosts": {"worker1": None, "worker2": None}, "vars": workers},
+                "celery_beat": {"hosts": {"ops1": None}},
+                "flower": {"hosts": {"ops1": None}},
+                "celery_app": {
+                    "children": {"celery_workers": None, "celery_beat": None, "flower": None}
+                },
+            },
+        }
+    }
+
+
+def preflight(tmp_path: Path, inventory: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(path), str(REPO / "playbooks" / "preflight.yml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+
+
+def workers(inv: dict[str, Any]) -> list[dict[str, Any]]:
+    return inv["all"]["children"]["celery_workers"]["vars"]["celery_worker_instances"]
+
+
+def set_all(inv: dict[str, Any], **values: Any) -> None:
+    inv["all"]["vars"].update(values)
+
+
+def two_beats(inv: dict[str, Any]) -> None:
+    inv["all"]["children"]["celery_beat"]["hosts"]["worker1"] = None
+
+
+def no_beat(inv: dict[str, Any]) -> None:
+    inv["all"]["children"]["celery_beat"]["hosts"] = {}
+
+
+def unknown_queue(inv: dict[str, Any]) -> None:
+    workers(inv)[0]["queues"] = ["pricing", "invoices"]
+
+
+def unconsumed_queue(inv: dict[str, Any]) -> None:
+    for inst in workers(inv):
+        inst["queues"] = [q for q in inst["queues"] if q != "maintenance"]
+
+
+def zero_concurrency(inv: dict[str, Any]) -> None:
+    workers(inv)[0]["concurrency"] = 0
+
+
+def duplicate_names(inv: dict[str, Any]) -> None:
+    workers(inv)[1]["name"] = workers(inv)[0]["name"]
+
+
+def unknown_pool(inv: dict[str, Any]) -> None:
+    workers(inv)[0]["pool"] = "gevent"
+
+
+def soft_above_hard(inv: dict[str, Any]) -> None:
+    workers(inv)[0].update(soft_time_limit=400, time_limit=300)
+
+
+def hard_above_visibility(inv: dict[str, Any]) -> None:
+    workers(inv)[2].update(soft_time_limit=4000, time_limit=5000)
+
+
+def one_worker_host_for_a_queue(inv: dict[str, Any]) -> None:
+    inv["all"]["children"]["celery_workers"]["hosts"] = {"worker1": None}
+
+
+CASES = {
+    "missing redis secret": (
+        lambda i: set_all(i, redis_celery_password=""),
+        "redis_celery_password",
+    ),
+    "missing flower password": (
+        lambda i: set_all(i, flower_basic_auth_password=""),
+        "flower_basic_auth_password must be set",
+    ),
+    "beat on two hosts": (two_beats, "Group celery_beat has 2 host(s)"),
+    "no beat": (no_beat, "Group celery_beat has 0 host(s)"),
+    "unknown queue": (unknown_queue, "celery_worker_instances[0] (name pricing)"),
+    "queue nobody consumes": (unconsumed_queue, "Queue maintenance is consumed on 0 host(s)"),
+    "queue on one host only": (one_worker_host_for_a_queue, "celery_worker_queue_min_hosts (2)"),
+    "concurrency 0": (zero_concurrency, "concurrency >= 1 (got 0)"),
+    "duplicate names": (duplicate_names, "with unique names"),
+    "unknown pool": (unknown_pool, "(got gevent)"),
+    "soft limit above hard": (soft_above_hard, "soft_time_limit (400) < time_limit (300)"),
+    "hard limit above visibility": (hard_above_visibility, "celery_app_visibility_timeout (3600)"),
+    "public flower address": (
+        lambda i: set_all(i, flower_address="8.8.8.8"),
+        "flower_address 8.8.8.8 is not a private",
+    ),
+    "redis port out of range": (
+        lambda i: set_all(i, celery_app_redis_port=70000),
+        "celery_app_redis_port",
+    ),
+}
+
+
+def test_the_lab_shape_passes(tmp_path: Path) -> None:
+    out = preflight(tmp_path, base_inventory())
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_wrong_inventory_is_refused_naming_the_variable(tmp_path: Path, case: str) -> None:
+    breaker, message = CASES[case]
+    inv = copy.deepcopy(base_inventory())
+    breaker(inv)
+    out = preflight(tmp_path, inv)
+    assert out.returncode != 0, f"{case}: accepted\n{out.stdout[-2000:]}"
+    assert message in out.stdout, f"{case}: no {message!r} in\n{out.stdout[-3000:]}"
