@@ -13,7 +13,7 @@ SCENARIOS ?= platform redis postgresql cluster
 APT_PACKAGES := python3-venv debootstrap systemd-container iptables iproute2 openssh-client rsync \
 	redis-server postgresql apt-cacher-ng
 
-.PHONY: help deps venv lab lab-summary lab-up lab-down lab-status test lint test-app test-molecule lock clean
+.PHONY: help deps venv lab lab-summary lab-up test-deploy lab-down lab-status test lint test-app test-molecule lock clean
 
 help:
 	@echo "make lab        bring up the local 4-host lab and deploy the bundle on it"
@@ -72,10 +72,14 @@ lint: venv
 test-app: deps venv
 	pytest tests/app
 
+# The preflight refusing wrong inventories (no hosts needed: the inventory's hosts are the controller).
+test-deploy: venv
+	pytest tests/deploy
+
 test-molecule: deps venv
 	@for s in $(SCENARIOS); do echo "==> molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
-test: lint test-app test-molecule
+test: lint test-app test-deploy test-molecule
 
 lock: venv
 	uv pip compile -q pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements/app.lock
