@@ -859,9 +859,8 @@ def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
     t0 = time.monotonic()
     RUN.mkdir(parents=True, exist_ok=True)
     lab.dir.mkdir(parents=True, exist_ok=True)
-    index = allocate_index(
-        lab.dir
-    )  # first: the apt cache is stopped only when no lab is registered
+    # Registered first: the apt cache is stopped when the last registered lab goes down.
+    index = allocate_index(lab.dir)
     use_proxy = proxy_start()
     image = ensure_image(use_proxy)
     t_image = time.monotonic()
@@ -876,23 +875,13 @@ def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
             lab.hosts[h] = {"index": min(set(range(1, 240)) - used)}
     lab.save()
     if not lab.key.exists():
-        run(
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            f"celery-bundle-lab-{lab.name}",
-            "-f",
-            str(lab.key),
-        )
+        comment = f"celery-bundle-lab-{lab.name}"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(lab.key))
     ensure_bridge(lab)
 
     def prepare(h: str) -> None:
         mount_root(lab, h, image)
-        host_identity(lab, h)  # ssh-keygen: the slow part, hence the threads
+        host_identity(lab, h)
         ensure_host_net(lab, h)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
