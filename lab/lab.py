@@ -620,11 +620,38 @@ def kill_host(root: Path, timeout: float = 15.0, under: bool = False) -> None:
     raise LabError(f"processes of {root} did not exit")
 
 
+def cgroup_bases() -> list[Path]:
+    """The hierarchies a host's systemd tracks its units in: cgroup v2, or v1's name=systemd and
+    the hybrid layout's unified tree."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        return [root]
+    return [b for b in (root / "systemd", root / "unified") if (b / "cgroup.procs").exists()]
+
+
+def lab_cgroups(index: int) -> list[Path]:
+    return sorted(
+        d for b in cgroup_bases() for d in (b / "celery-bundle-lab").glob(f"clab{index}-*")
+    )
+
+
+def remove_cgroup(path: Path) -> None:
+    """rmdir bottom-up (a cgroup's files cannot be deleted, its empty directories can)."""
+    for d in [*sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True), path]:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 def start_supervisor(lab: Lab, name: str) -> None:
     root = lab.root(name)
     sups, nspawns, _ = host_procs(root)
     if sups or nspawns:
         return
+    # A cgroup of its own per host: systemd-nspawn puts the host's units below its own cgroup, and
+    # hosts sharing one would share every unit's cgroup (a stop waits for another host's processes).
+    cgroups = [b / "celery-bundle-lab" / lab.netns(name) for b in cgroup_bases()]
+    for cg in cgroups:
+        cg.mkdir(parents=True, exist_ok=True)
     nspawn = [
         "systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--boot",
         f"--directory={root}", f"--machine={name}",
@@ -633,8 +660,10 @@ def start_supervisor(lab: Lab, name: str) -> None:
     ]  # fmt: skip
     # systemd-nspawn exits 133 when the host reboots: start it again (as systemd-nspawn@ would).
     loop = (
+        'for f in $LAB_CGROUPS; do echo $$ > "$f" || exit 1; done; '
         'while :; do "$@"; rc=$?; [ "$rc" -eq 133 ] || exit "$rc"; echo "lab: $0: rebooting"; done'
     )
+    env = dict(os.environ, LAB_CGROUPS=" ".join(str(cg / "cgroup.procs") for cg in cgroups))
     console = lab.hdir(name) / "console.log"
     with console.open("ab") as out:
         subprocess.Popen(
@@ -644,6 +673,7 @@ def start_supervisor(lab: Lab, name: str) -> None:
             stderr=out,
             start_new_session=True,
             close_fds=True,
+            env=env,
         )
 
 
@@ -917,8 +947,18 @@ def teardown(lab: Lab, keep_registry: bool = False) -> None:
         # That index now belongs to another lab (the registry was lost in a reboot): not ours.
         index = None
     hosts_dir = lab.dir / "hosts"
+    for cg in lab_cgroups(index) if index is not None else []:
+        with contextlib.suppress(OSError):
+            (cg / "cgroup.kill").write_text("1\n")  # cgroup v2: every process of the host at once
     kill_host(hosts_dir, under=True)
     if index is not None:
+        deadline = time.monotonic() + 10  # the last processes of a host leave its cgroup late
+        while lab_cgroups(index) and time.monotonic() < deadline:
+            for cg in lab_cgroups(index):
+                remove_cgroup(cg)
+            time.sleep(0.05)
+        if lab_cgroups(index):
+            log(f"cgroups left behind: {' '.join(map(str, lab_cgroups(index)))}")
         prefix = f"clab{index}"
         for line in run("ip", "netns", "list", capture=True).splitlines():
             ns = line.split()[0] if line.strip() else ""
