@@ -939,6 +939,27 @@ def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
         raise LabError(f"hosts not running cleanly: {bad}")
 
 
+def nspawn_locks(lab: Lab) -> list[Path]:
+    """systemd-nspawn's lock files of the lab's host roots (left behind when a host is killed)."""
+    locks = []
+    for name in lab.hosts:
+        root = lab.root(name)
+        if mounted(root) or lab.hosts[name].get("storage") == "copy":
+            st = root.stat()
+            locks.append(Path(f"/run/systemd/nspawn/locks/inode-{st.st_dev}:{st.st_ino}"))
+    return locks
+
+
+def remove_nspawn_leftovers(locks: list[Path], names: list[str]) -> None:
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    running = {a for _, argv, _ in procs() for a in argv if a.startswith("--machine=")}
+    for name in names:  # named after the host, which another lab may run too
+        if f"--machine={name}" not in running:
+            with contextlib.suppress(OSError):
+                Path(f"/run/systemd/nspawn/propagate/{name}").rmdir()
+
+
 def teardown(lab: Lab, keep_registry: bool = False) -> None:
     """Everything the lab made, found by its names, so that a crashed run's leftovers go too."""
     index = lab.state.get("index", registry_index(lab.dir))
@@ -947,10 +968,12 @@ def teardown(lab: Lab, keep_registry: bool = False) -> None:
         # That index now belongs to another lab (the registry was lost in a reboot): not ours.
         index = None
     hosts_dir = lab.dir / "hosts"
+    locks = nspawn_locks(lab)
     for cg in lab_cgroups(index) if index is not None else []:
         with contextlib.suppress(OSError):
             (cg / "cgroup.kill").write_text("1\n")  # cgroup v2: every process of the host at once
     kill_host(hosts_dir, under=True)
+    remove_nspawn_leftovers(locks, list(lab.hosts))
     if index is not None:
         deadline = time.monotonic() + 10  # the last processes of a host leave its cgroup late
         while lab_cgroups(index) and time.monotonic() < deadline:
