@@ -96,9 +96,25 @@ def test_acl_file_holds_hashes_only(host: Any, hostvars: dict[str, Any]) -> None
     assert "user default off" in content
 
 
-def test_config_file_not_world_readable(host: Any) -> None:
+def test_config_owned_by_root(host: Any) -> None:
     conf = host.file("/etc/redis/redis.conf")
     assert (conf.user, conf.group, conf.mode) == ("root", "redis", 0o640)
+    directory = host.file("/etc/redis")
+    assert (directory.user, directory.group, directory.mode) == ("root", "redis", 0o750)
+    overrides = host.check_output("dpkg-statoverride --list '/etc/redis*'").splitlines()
+    assert sorted(overrides) == [
+        "root redis 640 /etc/redis/redis.conf",
+        "root redis 750 /etc/redis",
+    ]
+
+
+@pytest.mark.parametrize("command", ["ACL SAVE", "CONFIG REWRITE"])
+def test_redis_cannot_rewrite_its_managed_files(
+    hostvars: dict[str, Any], cluster_address: str, command: str
+) -> None:
+    """Ansible is the only writer of redis.conf and users.acl, even for the admin user."""
+    with pytest.raises(redis.exceptions.ResponseError):
+        admin(hostvars, cluster_address).execute_command(*command.split())
 
 
 @pytest.mark.parametrize("command", [b"PING", b"GET x", b"KEYS *", b"SELECT 1"])
