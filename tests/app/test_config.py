@@ -57,6 +57,7 @@ def test_reliability_settings() -> None:
     assert conf.broker_connection_retry_on_startup
     assert conf.worker_cancel_long_running_tasks_on_connection_loss
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.broker_transport_options["unacked_restore_throttle"] == 1
     assert conf.task_soft_time_limit < conf.task_time_limit
     assert conf.worker_soft_shutdown_timeout > 0
     assert {q.name for q in conf.task_queues} == set(QUEUES)

@@ -98,8 +98,12 @@ def test_unhealthy_system_mails_an_alert(alive: Any, smtp_server: SmtpServer) ->
     )
     body = json.loads(body_text(mail))
     assert body["alert_type"] == "system_health"
-    with session_scope() as s:
-        assert s.scalar(select(func.count()).where(ApplicationLog.event == "system_alert"))
+
+    def logged() -> int:  # committed just after the mail went out
+        with session_scope() as s:
+            return s.scalar(select(func.count()).where(ApplicationLog.event == "system_alert")) or 0
+
+    wait_for(logged, 10, "system_alert in application_logs")
 
 
 def test_system_alert_refuses_bad_payload(alive: Any) -> None:

@@ -4,6 +4,7 @@ task comes back after the visibility timeout and completes once."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -37,7 +38,12 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = WORK / "lifecycle-worker.log"
 
+    def _ready_lines(self) -> int:
+        text = self.log.read_text() if self.log.exists() else ""
+        return len(re.findall(r"lifecycle@\S* ready\.", text))
+
     def start(self) -> None:
+        before = self._ready_lines()  # the log is appended to by every start
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -64,11 +70,7 @@ class Worker:
                 cwd=ROOT,
                 start_new_session=True,  # its own process group: SIGKILL reaches the children
             )
-        wait_for(
-            lambda: "lifecycle@" in self.log.read_text() and "ready" in self.log.read_text(),
-            60,
-            "lifecycle worker",
-        )
+        wait_for(lambda: self._ready_lines() > before, 90, "lifecycle worker", interval=0.3)
 
     def send_probe(self, token: str, sleep: float) -> None:
         with celery_app.connection_for_write(self.redis.url(4)) as conn:
@@ -116,4 +118,4 @@ def test_killed_worker_task_is_redelivered_and_completes_once(lifecycle: Worker)
     assert counts(token) == (1, 0)
     lifecycle.start()
     # Back in the queue once the visibility timeout passed (kombu checks every 10 s).
-    wait_for(lambda: counts(token) == (2, 1), VISIBILITY + 40, "redelivered probe", interval=0.5)
+    wait_for(lambda: counts(token) == (2, 1), VISIBILITY + 60, "redelivered probe", interval=0.5)
