@@ -159,6 +159,7 @@ def test_celery_user_works_on_broker_and_results_db(
     assert r.ping()
     r.set(f"molecule-probe-{db}", "ok", ex=60)
     assert r.get(f"molecule-probe-{db}") == b"ok"
+    assert r.hlen("unacked") >= 0  # app/health.py counts unacked messages
 
 
 @pytest.mark.parametrize(
