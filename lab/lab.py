@@ -657,6 +657,8 @@ def start_supervisor(lab: Lab, name: str) -> None:
         f"--directory={root}", f"--machine={name}",
         f"--network-namespace-path=/run/netns/{lab.netns(name)}",
         "--resolv-conf=copy-host", "--link-journal=no", "--console=passive",
+        # For the host firewall (nftables, roles/firewall): the network namespace is the host's own.
+        "--capability=CAP_NET_ADMIN",
     ]  # fmt: skip
     # systemd-nspawn exits 133 when the host reboots: start it again (as systemd-nspawn@ would).
     loop = (
