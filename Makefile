@@ -9,11 +9,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB := $(PY) lab/lab.py
 # Molecule scenarios, run in this order by `make test`.
 SCENARIOS ?= platform redis postgresql cluster
-# Debian packages of the controller: the lab (nspawn hosts), the app tests (real Redis, PostgreSQL).
+# Debian packages of the controller: the lab (nspawn hosts), the app tests (real Redis, PostgreSQL),
+# the browser that looks at Flower (molecule/cluster/tests/test_flower_browser.py).
 APT_PACKAGES := python3-venv debootstrap systemd-container iptables iproute2 openssh-client rsync \
-	redis-server postgresql apt-cacher-ng
+	redis-server postgresql apt-cacher-ng chromium chromium-driver
 
-.PHONY: help deps venv lab lab-summary lab-up test-deploy lab-down lab-status test lint test-app test-molecule lock clean
+.PHONY: help deps venv lab lab-summary lab-up test-deploy lab-down lab-status test lint test-docs test-app test-molecule lock clean
 
 help:
 	@echo "make lab        bring up the local 4-host lab and deploy the bundle on it"
@@ -69,6 +70,10 @@ lint: venv
 	yamllint -s .
 	ansible-lint --offline --profile production
 
+# Role READMEs against meta/argument_specs.yml and defaults/main.yml (names and order).
+test-docs: venv
+	pytest tests/docs
+
 test-app: deps venv
 	pytest tests/app
 
@@ -79,7 +84,7 @@ test-deploy: venv
 test-molecule: deps venv
 	@for s in $(SCENARIOS); do echo "==> molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
-test: lint test-app test-deploy test-molecule
+test: lint test-docs test-app test-deploy test-molecule
 
 lock: venv
 	uv pip compile -q pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements/app.lock
