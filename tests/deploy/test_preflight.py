@@ -53,7 +53,14 @@ def base_inventory() -> dict[str, Any]:
 def preflight(tmp_path: Path, inventory: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(inventory))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    (tmp_path / "library").mkdir(exist_ok=True)
+    (tmp_path / "library" / "other_os_facts.py").write_text(OTHER_OS_FACTS)
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LIBRARY": str(tmp_path / "library"),
+    }
     return subprocess.run(
         ["ansible-playbook", "-i", str(path), str(REPO / "playbooks" / "preflight.yml")],
         capture_output=True,
@@ -63,6 +70,22 @@ def preflight(tmp_path: Path, inventory: dict[str, Any]) -> subprocess.Completed
         timeout=300,
         check=False,
     )
+
+
+# The fact module of one host (ansible_facts_modules instead of setup): it reports that host as
+# Ubuntu 24.04, the way setup would on such a host (the controller runs Debian 12).
+OTHER_OS_FACTS = """#!/usr/bin/python3
+import json
+facts = {"distribution": "Ubuntu", "distribution_major_version": "24",
+         "distribution_version": "24.04"}
+print(json.dumps({"changed": False, "ansible_facts": facts}))
+"""
+
+
+def unsupported_os(inv: dict[str, Any]) -> None:
+    inv["all"]["children"]["celery_workers"]["hosts"]["worker2"] = {
+        "ansible_facts_modules": ["other_os_facts"]
+    }
 
 
 def workers(inv: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,6 +159,23 @@ CASES = {
     "public flower address": (
         lambda i: set_all(i, flower_address="8.8.8.8"),
         "flower_address 8.8.8.8 is not a private",
+    ),
+    "missing postgresql secret": (
+        lambda i: set_all(i, postgresql_app_password=""),
+        "postgresql_app_password",
+    ),
+    "redis host not in the inventory": (
+        lambda i: set_all(i, celery_app_redis_host="cache9"),
+        "celery_app_redis_host (cache9)",
+    ),
+    "postgresql host not in the inventory": (
+        lambda i: set_all(i, celery_app_postgresql_host="db9"),
+        "celery_app_postgresql_host (db9)",
+    ),
+    "unsupported OS": (unsupported_os, "worker2 runs Ubuntu 24.04"),
+    "flower port out of range": (
+        lambda i: set_all(i, flower_port=0),
+        "flower_port",
     ),
     "redis port out of range": (
         lambda i: set_all(i, celery_app_redis_port=70000),
