@@ -1,0 +1,174 @@
+"""Flower seen in a real browser: Debian's headless Chromium, driven by Selenium (controller).
+
+The dashboard on ops1's cluster address, logged in with the inventory's basic-auth credentials,
+lists every worker instance of the inventory (`NAME@HOST`) as online; without credentials Flower
+answers 401. The screenshot is kept in artifacts/flower-dashboard.png (git-ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+ARTIFACTS = PROJECT / "artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Flags this machine needs (no sandbox as root, no GPU) and no traffic beyond the lab.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+]
+# What the dashboard must show, as the inventory defines it (evaluated by Ansible: lookups, role
+# defaults; the lab binds Flower to the address Ansible reaches). The user default is the role's.
+FLOWER_USER_DEFAULT = yaml.safe_load((PROJECT / "roles/flower/defaults/main.yml").read_text())[
+    "flower_basic_auth_user"
+]
+FACTS = (
+    "{{ {'instances': celery_worker_instances | default([]) | map(attribute='name'),"
+    " 'flower': {'address': flower_address | default(cluster_address) | default(ansible_host)"
+    f" , 'port': flower_port | default(5555), 'user': flower_basic_auth_user | default("
+    f"'{FLOWER_USER_DEFAULT}'), 'password': flower_basic_auth_password | default('')}}"
+    " if 'flower' in group_names else {}} }}"
+)
+
+
+def inventory_facts() -> dict[str, Any]:
+    """Per host: worker instance names; on the flower host, its address and login."""
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+    debug = ["-m", "ansible.builtin.debug", "-a", json.dumps({"msg": FACTS})]
+    out = subprocess.run(
+        ["ansible", "all", "-i", str(inventory), *debug],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    results = json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"]
+    return {name: result["msg"] for name, result in results.items()}
+
+
+@pytest.fixture(scope="module")
+def facts() -> dict[str, Any]:
+    return inventory_facts()
+
+
+@pytest.fixture(scope="module")
+def flower(facts: dict[str, Any]) -> dict[str, Any]:
+    hosts = [f["flower"] for f in facts.values() if f["flower"]]
+    assert len(hosts) == 1, f"expected one flower host, got {hosts}"
+    return hosts[0]
+
+
+@pytest.fixture(scope="module")
+def expected_workers(facts: dict[str, Any]) -> set[str]:
+    workers = {f"{name}@{host}" for host, f in facts.items() for name in f["instances"]}
+    assert workers, "the inventory declares no worker instance"
+    return workers
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    with tempfile.TemporaryDirectory(prefix="flower-chromium-") as profile:
+        options.add_argument(f"--user-data-dir={profile}")
+        # The DevTools network events, to read the HTTP status the browser got for a page.
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser or driver
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver.set_page_load_timeout(60)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+# Cell texts of the dashboard's worker rows (name, status, ...), read at once (the table redraws).
+ROWS_JS = (
+    "return Array.from(document.querySelectorAll('#workers-table tbody tr'))"
+    ".map(r => Array.from(r.cells).map(c => c.textContent.replace(/\\s+/g, '')))"
+)
+
+
+def document_status(browser: webdriver.Chrome, page: str) -> int | None:
+    """HTTP status of the last response the browser received for `page` (DevTools events)."""
+    status = None
+    for entry in browser.get_log("performance"):  # drains the log
+        event = json.loads(entry["message"])["message"]
+        response = event.get("params", {}).get("response", {})
+        if event["method"] == "Network.responseReceived" and response.get("url") == page:
+            status = int(response["status"])
+    return status
+
+
+def url(flower: dict[str, Any], path: str = "/") -> str:
+    return f"http://{flower['address']}:{flower['port']}{path}"
+
+
+def test_flower_refuses_a_browser_without_credentials(
+    browser: webdriver.Chrome, flower: dict[str, Any]
+) -> None:
+    browser.get_log("performance")
+    browser.get(url(flower))
+    assert document_status(browser, url(flower)) == 401
+    assert not browser.find_elements(By.ID, "workers-table")
+    # The same refusal outside the browser, with the challenge that makes a browser ask for a login.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url(flower), timeout=30)  # noqa: S310 (http to the lab host)
+    assert refused.value.code == 401
+    assert refused.value.headers.get("WWW-Authenticate", "").startswith("Basic")
+
+
+def test_flower_dashboard_shows_every_worker_online(
+    browser: webdriver.Chrome, flower: dict[str, Any], expected_workers: set[str]
+) -> None:
+    # Logged in the way a browser answers Flower's basic-auth challenge: on every request.
+    login = base64.b64encode(f"{flower['user']}:{flower['password']}".encode()).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {login}"}}
+    )
+    browser.get_log("performance")
+    browser.get(url(flower))
+    assert document_status(browser, url(flower)) == 200
+    # The table fills in from the page's own requests and refreshes every second: poll it.
+    online: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = browser.execute_script(ROWS_JS)
+        online = {row[0]: row[1] for row in rows if len(row) >= 2}
+        if all(online.get(w) == "Online" for w in expected_workers):
+            break
+        time.sleep(2)
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "flower-dashboard.png"))
+    assert "Flower" in browser.title
+    missing = {w: online.get(w, "absent") for w in expected_workers if online.get(w) != "Online"}
+    assert not missing, f"workers not online on the dashboard: {missing}; table: {online}"
