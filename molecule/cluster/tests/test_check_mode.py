@@ -1,0 +1,60 @@
+"""`ansible-playbook site.yml --check --diff` on the converged cluster: no change, no error.
+
+Run once from the controller against the scenario's inventory (the lab's group_vars are linked
+into it), as an operator would before a real run. A task that reports a change in check mode on a
+converged host is either not idempotent or lies about what it would do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+def test_site_check_mode_changes_nothing() -> None:
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+    env = dict(
+        os.environ,
+        ANSIBLE_ROLES_PATH=str(project / "roles"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+    )
+    cmd = ["ansible-playbook", "-i", str(inventory), str(project / "site.yml"), "--check", "--diff"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    output = run.stdout + run.stderr
+    recap = {m["host"]: m for m in RECAP.finditer(run.stdout)}
+    hosts = subprocess.run(
+        ["ansible", "all", "-i", str(inventory), "--list-hosts"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()[2:]  # "hosts (4):" then one name per line
+    assert hosts, "the scenario's inventory lists no host"
+    assert set(recap) == set(hosts), (
+        f"recap hosts {sorted(recap)} != inventory {hosts}\n{output[-4000:]}"
+    )
+    # What changed or failed, each under its task, to read in the failure message.
+    changes, task = [], ""
+    for line in run.stdout.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith(("changed:", "fatal:", "failed:")):
+            changes += [task, line]
+    changes_text = "\n".join(changes)
+    for host, m in recap.items():
+        assert (m["changed"], m["failed"], m["unreachable"]) == ("0", "0", "0"), (
+            f"{host}: changed={m['changed']} failed={m['failed']} unreachable={m['unreachable']}\n"
+            f"{changes_text}\n{output[-6000:]}"
+        )
+    assert run.returncode == 0, output[-4000:]
