@@ -1,0 +1,178 @@
+"""The lockdown: TLS between hosts, the host firewall seen from outsider1 (a lab host in none of
+the app's groups), the units' sandbox, and no secret in a unit file, a command line, a
+world-readable file or the Ansible output."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import app_python, other_host
+
+testinfra_hosts = ["outsider1"]
+
+CLUSTER = ["data1", "worker1", "worker2", "ops1"]
+EVERY_HOST = [*CLUSTER, "outsider1"]
+# The services the firewall closes to outsiders: (host, port, what).
+SERVICES = [("data1", 6380, "Redis (TLS)"), ("data1", 5432, "PostgreSQL"), ("ops1", 5555, "Flower")]
+# Where a leaked secret would be: configuration, the app, its data and logs, the data services.
+LEAK_DIRS = (
+    "/etc /opt/celery /var/lib/celery /var/log/celery /var/lib/redis /var/log/redis "
+    "/var/lib/postgresql /var/log/postgresql /run /tmp /var/tmp /root /home /usr/local"
+)
+
+
+def address(name: str) -> str:
+    return str(other_host(name).check_output("hostname -I").split()[0])
+
+
+def connects(client: Any, addr: str, port: int) -> bool:
+    """Whether a TCP connection from `client` to addr:port opens within 5 s (a drop times out)."""
+    probe = f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{addr}/{port}')}"
+    return bool(client.run(probe).rc == 0)
+
+
+@pytest.fixture(scope="module")
+def secrets() -> dict[str, str]:
+    """The lab's secrets, read on the controller (inventories/lab/group_vars/all/secrets.yml)."""
+    root = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / ".lab" / "secrets"
+    found = {p.name: p.read_text().split()[0] for p in root.iterdir() if p.read_text().strip()}
+    assert {
+        "redis_celery_password",
+        "postgresql_app_password",
+        "flower_basic_auth_password",
+    } <= set(found), f"secrets missing in {root}: {sorted(found)}"
+    assert all(len(v) >= 12 for v in found.values())
+    return found
+
+
+def test_firewall_loaded_on_every_host() -> None:
+    for name in EVERY_HOST:
+        h = other_host(name)
+        ruleset = h.check_output("nft list chain inet firewall input")
+        assert "policy drop" in ruleset, name
+        assert h.service("nftables").is_enabled, name
+
+
+def test_services_unreachable_from_outside(host: Any) -> None:
+    # The probe works from here: SSH of the same hosts answers.
+    for name in ("data1", "ops1"):
+        assert connects(host, address(name), 22), f"outsider1 cannot reach SSH of {name}"
+    for name, port, what in SERVICES:
+        assert not connects(host, address(name), port), f"{what} on {name}:{port} open to outsider1"
+
+
+def test_services_reachable_from_a_worker() -> None:
+    worker = other_host("worker1")
+    for name, port, what in SERVICES:
+        assert connects(worker, address(name), port), f"{what} on {name}:{port} closed to worker1"
+
+
+def test_redis_plain_port_closed() -> None:
+    data = other_host("data1")
+    assert not data.socket("tcp://0.0.0.0:6379").is_listening
+    assert not data.socket("tcp://127.0.0.1:6379").is_listening
+    assert not connects(other_host("worker1"), address("data1"), 6379)
+
+
+def test_app_settings_use_tls() -> None:
+    env = other_host("worker1").check_output("cat /etc/celery/app.env")
+    urls = dict(line.split("=", 1) for line in env.splitlines() if line.startswith("APP_"))
+    data = address("data1")
+    for key in ("APP_BROKER_URL", "APP_RESULT_BACKEND"):
+        assert urls[key].startswith('"rediss://') and f"@{data}:6380/" in urls[key], key
+        assert "ssl_cert_reqs=required&ssl_ca_certs=/etc/celery/ca.pem" in urls[key], key
+    assert "sslmode=verify-full&sslrootcert=/etc/celery/ca.pem" in urls["APP_DATABASE_URL"]
+
+
+def test_redis_certificate_verified_against_the_ca() -> None:
+    worker, data = other_host("worker1"), address("data1")
+    s_client = (
+        f"openssl s_client -connect {data}:6380 -verify_return_error -verify_ip {data} -brief"
+    )
+    ok = worker.run(f"timeout 20 {s_client} -CAfile /etc/celery/ca.pem </dev/null")
+    assert ok.rc == 0 and "Verification: OK" in ok.stderr, ok.stderr
+    # Another CA (the system's public ones) does not vouch for it: the check can fail.
+    bad = worker.run(f"timeout 20 {s_client} -CAfile /etc/ssl/certs/ca-certificates.crt </dev/null")
+    assert bad.rc != 0
+
+
+def test_app_connections_are_tls() -> None:
+    got = app_python(
+        other_host("worker1"),
+        "import json, os, redis, sqlalchemy as sa\n"
+        "r = redis.Redis.from_url(os.environ['APP_BROKER_URL'])\n"
+        "r.ping()\n"
+        "e = sa.create_engine(os.environ['APP_DATABASE_URL'])\n"
+        "with e.connect() as c:\n"
+        "    q = 'select ssl from pg_stat_ssl where pid = pg_backend_pid()'\n"
+        "    ssl = c.execute(sa.text(q)).scalar()\n"
+        "plain = os.environ['APP_DATABASE_URL'].replace('sslmode=verify-full', 'sslmode=disable')\n"
+        "try:\n"
+        "    sa.create_engine(plain).connect()\n"
+        "    refused = ''\n"
+        "except Exception as exc:\n"
+        "    refused = str(exc)\n"
+        "conn = type(r.connection_pool.get_connection('ping')).__name__\n"
+        "print(json.dumps([conn, ssl, refused]))",
+    )
+    redis_conn, pg_ssl, refused = got
+    assert redis_conn == "SSLConnection"
+    assert pg_ssl is True
+    assert "no pg_hba.conf entry" in refused and "no encryption" in refused, refused
+
+
+def test_sandbox_exposure_of_the_celery_units() -> None:
+    units = {
+        "worker1": other_host("worker1")
+        .check_output("systemctl list-units --plain --no-legend 'celery-worker@*.service'")
+        .split(),
+        "ops1": ["celery-beat.service", "flower.service"],
+    }
+    assert any(u.startswith("celery-worker@") for u in units["worker1"])
+    for name, names in units.items():
+        for unit in (u for u in names if u.endswith(".service")):
+            out = other_host(name).check_output(f"systemd-analyze security {unit} --no-pager")
+            score = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+            assert score <= 2.0, f"{name} {unit}: exposure {score}"
+
+
+def test_no_secret_in_a_command_line(secrets: dict[str, str]) -> None:
+    for name in EVERY_HOST:
+        # The command lines come to the controller: the secrets are never sent to a host for this.
+        lines = other_host(name).check_output(
+            "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done"
+        )
+        assert "celery" in lines or name in ("data1", "outsider1")
+        for key, value in secrets.items():
+            assert value not in lines, f"{key} in a command line on {name}"
+
+
+def test_no_secret_in_a_unit_or_a_world_readable_file(secrets: dict[str, str]) -> None:
+    patterns = " ".join(f"-e {shlex.quote(v)}" for v in secrets.values())
+    for name in EVERY_HOST:
+        h = other_host(name)
+        units = h.run(f"grep -rlF {patterns} /etc/systemd /usr/lib/systemd/system /run/systemd")
+        assert units.rc == 1, f"a secret in a unit file on {name}: {units.stdout}{units.stderr}"
+        files = h.run(
+            f"find {LEAK_DIRS} -xdev -type f -perm -o+r -size -20M -print0 2>/dev/null"
+            f" | xargs -0 -r grep -lF {patterns}"
+        )
+        assert files.stdout.strip() == "", (
+            f"a secret in a world-readable file on {name}: {files.stdout}"
+        )
+        # The check can fail: app.env holds the secrets (not world-readable).
+        if name == "worker1":
+            assert h.run(f"grep -qF {patterns} /etc/celery/app.env").rc == 0
+
+
+def test_no_secret_in_the_ansible_output(secrets: dict[str, str]) -> None:
+    log = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
+    text = log.read_text(errors="replace")
+    # Converge ran and logged (the redis and app roles touched every secret).
+    assert "Render the app settings" in text and "PLAY RECAP" in text
+    for key, value in secrets.items():
+        assert value not in text, f"{key} in the Ansible output ({log})"
