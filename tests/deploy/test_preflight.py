@@ -32,6 +32,7 @@ def base_inventory() -> dict[str, Any]:
                 **common,
                 # Throwaway values: this inventory never reaches a real host.
                 "redis_celery_password": "preflight-redis",
+                "redis_admin_password": "preflight-redis-admin",
                 "postgresql_app_password": "preflight-pg",
                 "flower_basic_auth_password": "preflight-flower",
                 "cluster_address": "10.99.0.1",
@@ -176,6 +177,14 @@ CASES = {
     "flower port out of range": (
         lambda i: set_all(i, flower_port=0),
         "flower_port",
+    ),
+    "missing redis admin secret (the data roles' own preflight)": (
+        lambda i: set_all(i, redis_admin_password=""),
+        "redis_admin_password must be set",
+    ),
+    "TLS without its CA": (
+        lambda i: set_all(i, celery_app_redis_tls=True),
+        "celery_app_tls_ca_src must name the CA",
     ),
     "redis port out of range": (
         lambda i: set_all(i, celery_app_redis_port=70000),
