@@ -1,0 +1,200 @@
+"""Helpers of the reliability tests: send real ops.probe tasks, count their effects in PostgreSQL,
+inject faults from the controller (lab/lab.py) and wait, bounded, for hosts to come back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from conftest import app_python, other_host
+
+WORKERS = ["worker1", "worker2"]
+INSTANCES = ["pricing", "notifications", "batch"]
+# Redelivery after a lost worker: visibility timeout (60 s in this scenario) + the 10 s sweep.
+REDELIVERY_WAIT = 200
+
+
+def new_prefix(name: str) -> str:
+    return f"rel-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def send(ops1: Any, tokens: list[tuple[str, str]], **kwargs: Any) -> list[str]:
+    """Send ops.probe(token, **kwargs) for each (token, queue) from ops1; the task ids."""
+    code = f"""
+import json
+from app.celery_app import celery_app
+ids = []
+with celery_app.producer_or_acquire() as producer:
+    for token, queue in {tokens!r}:
+        r = celery_app.send_task("ops.probe", args=[token], kwargs={kwargs!r}, queue=queue,
+                                 producer=producer)
+        ids.append(r.id)
+print(json.dumps(ids))
+"""
+    ids: list[str] = app_python(ops1, code, timeout=600)
+    return ids
+
+
+def send_many(ops1: Any, prefix: str, n: int, queues: list[str], **kwargs: Any) -> float:
+    """Send n probes `prefix-I` (queue I mod len(queues)) from ops1; the seconds it took."""
+    code = f"""
+import json, time
+from app.celery_app import celery_app
+queues = {queues!r}
+t0 = time.monotonic()
+with celery_app.producer_or_acquire() as producer:
+    for i in range({n}):
+        celery_app.send_task("ops.probe", args=["{prefix}-" + str(i)], kwargs={kwargs!r},
+                             queue=queues[i % len(queues)], producer=producer)
+print(json.dumps(time.monotonic() - t0))
+"""
+    seconds: float = app_python(ops1, code, timeout=900)
+    return seconds
+
+
+def counts(ops1: Any, prefix: str) -> dict[str, int]:
+    """Probes of `prefix`: rows, completed once, not completed, more than once, runs."""
+    # The prefix is ours (new_prefix) and a bound parameter of the query.
+    code = f"""
+import json
+from sqlalchemy import text
+from app.db import session_scope
+with session_scope() as s:
+    row = s.execute(text(
+        "select count(*), count(*) filter (where completions = 1),"
+        " count(*) filter (where completions = 0), count(*) filter (where completions > 1),"
+        " coalesce(sum(runs), 0) from task_probes where token like :p"),
+        {{"p": "{prefix}-%"}}).one()
+keys = ["rows", "completed", "unfinished", "duplicated", "runs"]
+print(json.dumps(dict(zip(keys, map(int, row)))))
+"""  # noqa: S608
+    result: dict[str, int] = app_python(ops1, code)
+    return result
+
+
+def probes(ops1: Any, prefix: str) -> list[dict[str, Any]]:
+    code = f"""
+import json
+from sqlalchemy import text
+from app.db import session_scope
+with session_scope() as s:
+    rows = s.execute(text("select token, runs, completions, worker, workers from task_probes"
+                          " where token like :p order by token"), {{"p": "{prefix}-%"}}).all()
+print(json.dumps([dict(r._mapping) for r in rows]))
+"""  # noqa: S608
+    result: list[dict[str, Any]] = app_python(ops1, code)
+    return result
+
+
+def wait_done(ops1: Any, prefix: str, sent: int, timeout: float, label: str) -> dict[str, int]:
+    """Poll until every probe of `prefix` completed (or time is up); print and return figures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = counts(ops1, prefix)
+        if c["completed"] + c["duplicated"] >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    c["sent"] = sent
+    c["lost"] = sent - c["completed"] - c["duplicated"]
+    print(
+        f"RELIABILITY {label}: sent={sent} completed={c['completed']} lost={c['lost']} "
+        f"duplicated={c['duplicated']} runs={c['runs']}",
+        flush=True,
+    )
+    return c
+
+
+def wait_running(ops1: Any, prefix: str, n: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
+    """Wait until n probes of `prefix` started; their rows (worker = NAME@HOST)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = [r for r in probes(ops1, prefix) if r["runs"] >= 1]
+        if len(rows) >= n:
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"probes {prefix} did not start within {timeout} s")
+
+
+def task_states(ops1: Any, ids: list[str]) -> list[dict[str, Any]]:
+    code = f"""
+import json
+from app.celery_app import celery_app
+out = []
+for i in {ids!r}:
+    r = celery_app.AsyncResult(i)
+    out.append({{"id": i, "state": r.state, "error": repr(r.result) if r.failed() else None}})
+print(json.dumps(out))
+"""
+    result: list[dict[str, Any]] = app_python(ops1, code)
+    return result
+
+
+def queued(ops1: Any) -> int:
+    """Messages waiting in the app's queues (taskctl queues), all summed."""
+    out = ops1.check_output("taskctl queues --json")
+    return sum(int(n) for n in json.loads(out)["queues"].values())
+
+
+def main_pid(host: Any, unit: str) -> int:
+    return int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
+
+
+def lab(*args: str, timeout: int = 300) -> None:
+    """lab/lab.py on this scenario's lab (mol-cluster), from the checkout Molecule runs."""
+    root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME", "cluster")
+    cmd = [sys.executable, f"{root}/lab/lab.py", "--lab", f"mol-{scenario}", *args]
+    out = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert out.returncode == 0, f"{' '.join(cmd)}: {out.stdout[-1500:]} {out.stderr[-1500:]}"
+
+
+def host_healthy(name: str) -> tuple[bool, str]:
+    """All units of the host up: system running (no failed unit), every worker instance active."""
+    try:
+        h = other_host(name)
+        state = h.run("systemctl is-system-running").stdout.strip()
+        active = h.run(
+            "systemctl is-active " + " ".join(f"celery-worker@{i}" for i in INSTANCES)
+        ).stdout.split()
+    except Exception as exc:  # host down or unreachable while it boots
+        return False, f"unreachable: {str(exc)[:200]}"
+    ok = state == "running" and active == ["active"] * len(INSTANCES)
+    return ok, f"system {state}, instances {active}"
+
+
+def wait_healthy(name: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        ok, status = host_healthy(name)
+        if ok:
+            return status
+        time.sleep(3)
+    raise AssertionError(f"{name} not healthy within {timeout} s: {status}")
+
+
+def wait_answering(ops1: Any, nodes: list[str], timeout: float = 120) -> None:
+    """Wait until every node NAME@HOST answers a broadcast ping."""
+    deadline = time.monotonic() + timeout
+    missing: list[str] = nodes
+    while time.monotonic() < deadline:
+        out = ops1.run("taskctl workers --json --timeout 3")
+        if out.rc == 0:
+            answered = json.loads(out.stdout).get("workers", [])
+            names = {w if isinstance(w, str) else w.get("name", "") for w in answered}
+            missing = [n for n in nodes if n not in names]
+            if not missing:
+                return
+        time.sleep(3)
+    raise AssertionError(f"workers {missing} do not answer within {timeout} s")
+
+
+def all_nodes() -> list[str]:
+    return [f"{i}@{w}" for w in WORKERS for i in INSTANCES]
