@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB := $(PY) lab/lab.py
+# The lab `make lab-summary` describes (inventories/lab is `lab`; e.g. LAB_NAME=mol-cluster for Molecule's).
+LAB_NAME ?= lab
+LAB_SSH_CONFIG := .lab/$(if $(filter lab,$(LAB_NAME)),,$(LAB_NAME)/)ssh_config
 # Molecule scenarios, run in this order by `make test`.
 SCENARIOS ?= platform redis postgresql cluster
 # Debian packages of the controller: the lab (nspawn hosts), the app tests (real Redis, PostgreSQL),
@@ -42,20 +45,32 @@ lab-up: deps venv
 	$(LAB) up
 
 # The lab, deployed: hosts up, site.yml, a smoke task per queue, then where everything is.
-lab: lab-up
-	ansible-playbook site.yml
-	ansible-playbook playbooks/smoke.yml
+# Ansible prints each task as it runs; the timer callback prints how long each playbook took.
+lab: deps venv
+	@echo "==> [1/4] booting the lab's hosts (lab/lab.py up; the image is built once, ~1-2 min)"
+	$(LAB) up
+	@echo "==> [2/4] deploying the bundle (ansible-playbook site.yml: ~3 min the first time, ~1 min after)"
+	ANSIBLE_CALLBACKS_ENABLED=ansible.posix.timer ansible-playbook site.yml
+	@echo "==> [3/4] smoke test: a task per queue, who ran it, its log line (playbooks/smoke.yml)"
+	ANSIBLE_CALLBACKS_ENABLED=ansible.posix.timer ansible-playbook playbooks/smoke.yml
+	@echo "==> [4/4] summary"
 	@$(MAKE) --no-print-directory lab-summary
 
-lab-summary:
-	@echo; echo "==> The lab"; $(LAB) status --lab lab
-	@flower=$$($(PY) -c 'import json; print(json.load(open(".lab/lab/hosts.json"))["hosts"]["ops1"]["address"])'); \
-	echo "ssh:     ssh -F .lab/ssh_config HOST        (or: $(LAB) ssh HOST); hosts: data1 worker1 worker2 ops1"; \
-	echo "Flower:  http://$$flower:5555/   user admin, password in .lab/secrets/flower_basic_auth_password"; \
-	echo "Submit:  ssh -F .lab/ssh_config ops1 taskctl submit ops.probe --args '[\"hello\"]' --queue pricing"; \
-	echo "Result:  ssh -F .lab/ssh_config ops1 taskctl status ID     (names the worker, e.g. pricing@worker1)"; \
-	echo "Logs:    ssh -F .lab/ssh_config worker1 tail -f /var/log/celery/pricing.log   (also: journalctl -u celery-worker@pricing)"; \
-	echo "Workers: ssh -F .lab/ssh_config worker1 systemctl status 'celery-worker@*'; beat and Flower run on ops1"
+# Where everything is, read from the lab (addresses) and from ops1 (Flower's deployed settings).
+lab-summary: venv
+	@$(LAB) status --lab $(LAB_NAME)
+	@ssh="ssh -F $(LAB_SSH_CONFIG)"; \
+	set -- $$($$ssh ops1 "sed -n -e 's/^FLOWER_ADDRESS=//p' -e 's/^FLOWER_PORT=//p' \
+		-e 's/^FLOWER_BASIC_AUTH=\([^:]*\):.*/\1/p' /etc/celery/flower.env" | tr -d "'\""); \
+	echo; \
+	echo "ssh:     $$ssh HOST   (hosts: data1 worker1 worker2 ops1; or: $(LAB) ssh HOST)"; \
+	echo "Flower:  http://$$1:$$2/   user $$3, password: cat .lab/secrets/flower_basic_auth_password"; \
+	echo "Workers: $$ssh ops1 taskctl ping       (every NAME@HOST instance that answers)"; \
+	echo "Submit:  $$ssh ops1, then:"; \
+	echo "           taskctl submit ops.probe --args '[\"hello\"]' --queue pricing   # prints the task id"; \
+	echo "           taskctl result --wait ID; taskctl status ID   # its result; \"worker\": \"pricing@worker1\" (or 2)"; \
+	echo "Log:     $$ssh worker1 grep ID /var/log/celery/pricing.log   (on that worker; or journalctl -u celery-worker@pricing)"; \
+	echo "Queues:  $$ssh ops1 taskctl queues     More: docs/RUNBOOK.md; remove the lab: make lab-down"
 
 lab-down: venv
 	$(LAB) down
