@@ -218,43 +218,58 @@ def test_worker_host_cut_off(cluster_restored: Any, trial: int) -> None:
     wait_healthy("worker2")
 
 
-@pytest.mark.timeout(1200)
-@pytest.mark.parametrize("trial", TRIALS)
-def test_rolling_restart_under_load(cluster_restored: Any, trial: int) -> None:
-    """playbooks/rolling_restart.yml while probes keep arriving on every queue: 0 lost."""
-    ops1 = cluster_restored
+def roll_under_load(ops1: Any, playbook: str) -> None:
+    """Run playbooks/`playbook` while ops1 keeps sending 1 s probes to the five queues; 0 lost."""
     root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    prefix = new_prefix("rolling")
-    playbook = subprocess.Popen(
+    prefix = new_prefix(playbook.split(".")[0])
+    proc = subprocess.Popen(
         [
             "ansible-playbook",
             "-i",
             os.environ["MOLECULE_INVENTORY_FILE"],
-            f"{root}/playbooks/rolling_restart.yml",
+            f"{root}/playbooks/{playbook}",
         ],
         cwd=root,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": f"{root}/roles"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(playbook.stdout or []), daemon=True)
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout or []), daemon=True)
     reader.start()
     sent = 0
     deadline = time.monotonic() + 600
     try:
-        while playbook.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:
             batch = [(f"{prefix}-{sent + i}", QUEUES[(sent + i) % len(QUEUES)]) for i in range(10)]
             send(ops1, batch, sleep_seconds=1)
             sent += len(batch)
-        assert playbook.wait(timeout=max(1, deadline - time.monotonic())) == 0, "".join(out)[-4000:]
+        assert proc.wait(timeout=max(1, deadline - time.monotonic())) == 0, "".join(out)[-4000:]
     finally:
-        if playbook.poll() is None:
-            playbook.kill()
+        if proc.poll() is None:
+            proc.kill()
     reader.join(timeout=10)
     assert sent >= 20, f"the load lasted too short: {sent}"
-    c = wait_done(ops1, prefix, sent, 240, "rolling restart under load")
+    c = wait_done(ops1, prefix, sent, 240, f"{playbook} under load")
     assert (c["lost"], c["duplicated"]) == (0, 0), c
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("trial", TRIALS)
+def test_rolling_restart_under_load(cluster_restored: Any, trial: int) -> None:
+    """playbooks/rolling_restart.yml while probes keep arriving on every queue: 0 lost."""
+    roll_under_load(cluster_restored, "rolling_restart.yml")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RELIABILITY_DEPLOY"),
+    reason="bench only: deploys the checkout's sources (change app/ first for a new release)",
+)
+@pytest.mark.timeout(1800)
+def test_rolling_deploy_under_load(cluster_restored: Any) -> None:
+    """playbooks/rolling_deploy.yml (a new release host by host) under load: 0 lost."""
+    roll_under_load(cluster_restored, "rolling_deploy.yml")
 
 
 def test_poison_message_bounded(cluster_restored: Any) -> None:
