@@ -17,6 +17,9 @@ WORKERS = ["worker1", "worker2"]
 INSTANCES = ["pricing", "notifications", "batch"]
 # Redelivery after a lost worker: visibility timeout (60 s in this scenario) + the 10 s sweep.
 REDELIVERY_WAIT = 200
+# Every figure printed by wait_done, shown together at the end of the module (pytest captures
+# the tests' own output unless run with -s).
+FIGURES: list[str] = []
 
 
 def new_prefix(name: str) -> str:
@@ -101,11 +104,12 @@ def wait_done(ops1: Any, prefix: str, sent: int, timeout: float, label: str) -> 
         time.sleep(3)
     c["sent"] = sent
     c["lost"] = sent - c["completed"] - c["duplicated"]
-    print(
+    line = (
         f"RELIABILITY {label}: sent={sent} completed={c['completed']} lost={c['lost']} "
-        f"duplicated={c['duplicated']} runs={c['runs']}",
-        flush=True,
+        f"duplicated={c['duplicated']} runs={c['runs']}"
     )
+    FIGURES.append(line)
+    print(line, flush=True)
     return c
 
 

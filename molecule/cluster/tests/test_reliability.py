@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from conftest import app_python, other_host
 from reliability import (
+    FIGURES,
     REDELIVERY_WAIT,
     WORKERS,
     all_nodes,
@@ -43,6 +44,19 @@ testinfra_hosts = ["ops1"]
 
 TRIALS = range(int(os.environ.get("RELIABILITY_TRIALS", "1")))
 QUEUES = ["default", "pricing", "notifications", "data_processing", "maintenance"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures_summary(request: Any) -> Any:
+    """Show every RELIABILITY line at the end of the module, also when output is captured."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and FIGURES:
+        with capture.global_and_fixture_disabled():
+            reporter.write_sep("-", "reliability figures")
+            for line in FIGURES:
+                reporter.write_line(line)
 
 
 @pytest.fixture
@@ -288,7 +302,9 @@ def test_poison_message_bounded(cluster_restored: Any) -> None:
         time.sleep(3)
     assert state.get("state") == "FAILURE" and "PoisonMessageError" in str(state["error"]), state
     c = counts(ops1, prefix)
-    print(f"RELIABILITY poison message: deliveries={c['runs']} completed={c['completed']}")
+    line = f"RELIABILITY poison message: deliveries={c['runs']} completed={c['completed']}"
+    FIGURES.append(line)
+    print(line)
     assert c["completed"] == 0 and 1 <= c["runs"] <= 3, c
     for name in WORKERS:
         logs = other_host(name).check_output(
