@@ -839,7 +839,10 @@ def host_identity(lab: Lab, name: str) -> None:
         write(
             root / "etc/apt/apt.conf.d/01lab-proxy",
             "// The lab's apt cache on the controller (lab/lab.py): one download per machine.\n"
-            f'Acquire::http::Proxy "http://{PROXY_ADDR}:{PROXY_PORT}/";\n',
+            f'Acquire::http::Proxy "http://{PROXY_ADDR}:{PROXY_PORT}/";\n'
+            "// A stalled transfer (the cache under heavy load) fails fast and is retried, rather\n"
+            "// than hanging apt for many minutes.\n"
+            'Acquire::http::Timeout "30";\nAcquire::Retries "5";\n',
         )
     (hdir / "identity").touch()
 
