@@ -56,7 +56,10 @@ FACTS = (
 
 def inventory_facts() -> dict[str, Any]:
     """Per host: worker instance names; on the flower host, its address and login."""
-    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    # The answer holds the Flower password: only in this pipe, never in the scenario's Ansible log
+    # (ANSIBLE_LOG_PATH, which test_lockdown.py scans for secrets).
+    env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_LOG_PATH"}
+    env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
     inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
     debug = ["-m", "ansible.builtin.debug", "-a", json.dumps({"msg": FACTS})]
     out = subprocess.run(
