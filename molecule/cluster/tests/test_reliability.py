@@ -255,13 +255,13 @@ def roll_under_load(ops1: Any, playbook: str) -> None:
     sent = 0
     deadline = time.monotonic() + 600
     try:
-        # About 2 probes/s, below what the workers drain while one host restarts: the load
+        # About 1.5 probes/s, below what the workers drain while one host restarts: the load
         # must not grow a backlog that delays the health gate's own probes.
         while proc.poll() is None and time.monotonic() < deadline:
             batch = [(f"{prefix}-{sent + i}", QUEUES[(sent + i) % len(QUEUES)]) for i in range(5)]
             send(ops1, batch, sleep_seconds=1)
             sent += len(batch)
-            time.sleep(1)
+            time.sleep(2)
         assert proc.wait(timeout=max(1, deadline - time.monotonic())) == 0, "".join(out)[-4000:]
     finally:
         if proc.poll() is None:
