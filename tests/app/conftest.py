@@ -168,6 +168,28 @@ def _ping() -> bool:
     return bool(celery_app.control.ping(timeout=1.0))
 
 
+def worker_argv(node: str, concurrency: int, *extra: str) -> list[str]:
+    """A prefork worker on all five queues, node NODE@host: the tests' one worker command line."""
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "app.celery_app",
+        "worker",
+        "-Q",
+        QUEUES,
+        "-P",
+        "prefork",
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{node}@%h",
+        "--without-gossip",
+        "--loglevel",
+        "INFO",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def worker(
     redis_server: RedisServer,
@@ -178,25 +200,7 @@ def worker(
     """One prefork worker (2 processes) consuming all five queues."""
     log = WORKER_LOG.open("ab")
     proc = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "app.celery_app",
-            "worker",
-            "-Q",
-            QUEUES,
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-n",
-            "testworker@%h",
-            "--without-gossip",
-            "--loglevel",
-            "INFO",
-            "--logfile",
-            str(WORKER_FILE_LOG),
-        ],
+        worker_argv("testworker", 2, "--logfile", str(WORKER_FILE_LOG)),
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **ENV},

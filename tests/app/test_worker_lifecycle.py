@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BIN, ENV, QUEUES, ROOT, WORK
+from conftest import ENV, ROOT, WORK, worker_argv
 from services import RedisServer, wait_for
 from sqlalchemy import select
 
@@ -46,24 +46,7 @@ class Worker:
         before = self._ready_lines()  # the log is appended to by every start
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    str(BIN / "celery"),
-                    "-A",
-                    "app.celery_app",
-                    "worker",
-                    "-Q",
-                    QUEUES,
-                    "-P",
-                    "prefork",
-                    "-c",
-                    "1",
-                    "-n",
-                    "lifecycle@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel",
-                    "INFO",
-                ],
+                worker_argv("lifecycle", 1, "--without-mingle"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
