@@ -100,7 +100,16 @@ def log(msg: str) -> None:
 def run(
     *cmd: str, check: bool = True, capture: bool = False, env: dict[str, str] | None = None
 ) -> str:
-    proc = subprocess.run(cmd, check=False, text=True, capture_output=capture, env=env)
+    # Uncaptured output goes to stderr: stdout carries only results (`up --json`), and a command
+    # such as debootstrap, run on the first `up` of a machine, would corrupt them.
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        text=True,
+        stdout=subprocess.PIPE if capture else sys.stderr,
+        stderr=subprocess.PIPE if capture else None,
+        env=env,
+    )
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip() if capture else ""
         raise LabError(
