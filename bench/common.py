@@ -1,0 +1,182 @@
+"""Shared by the bench/ commands: the bench labs, Ansible runs, SSH to lab hosts, statistics.
+
+Every command runs on the controller as root from the repository, with .venv's tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+VENV_BIN = REPO / ".venv" / "bin"
+# Lab name -> (inventory, hosts to boot); the inventories link inventories/lab/group_vars.
+FLEETS = {
+    "bench": (BENCH / "inventory" / "bench.yml", ["data1", "worker1", "worker2", "ops1"]),
+    "bench6": (
+        BENCH / "inventory" / "bench6.yml",
+        ["data1", *(f"worker{i}" for i in range(1, 7)), "ops1"],
+    ),
+}
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def load() -> str:
+    """The 1-minute load average, recorded next to every figure."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PATH"] = f"{VENV_BIN}:{e.get('PATH', '')}"
+    e["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    e.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    return e
+
+
+def run(
+    *cmd: str, timeout: float = 1800, check: bool = True, quiet: bool = False, stdin: str = ""
+) -> str:
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=env(),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        input=stdin,
+    )
+    if check and proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        raise SystemExit(f"bench: failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
+    if not quiet and proc.stderr.strip():
+        log(proc.stderr.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def lab(*args: str, name: str) -> str:
+    return run(str(VENV_BIN / "python"), "lab/lab.py", *args, "--lab", name, timeout=600)
+
+
+def lab_up(name: str) -> float:
+    t0 = time.monotonic()
+    lab("up", "--hosts", ",".join(FLEETS[name][1]), name=name)
+    return time.monotonic() - t0
+
+
+def lab_down(name: str) -> None:
+    lab("down", name=name)
+
+
+def playbook(name: str, playbook: str, *extra: str, timeout: float = 3600) -> dict[str, Any]:
+    """ansible-playbook against the bench lab NAME: wall time, changed per host, the load."""
+    load_before = load()
+    t0 = time.monotonic()
+    out = run("ansible-playbook", "-i", str(FLEETS[name][0]), playbook, *extra, timeout=timeout)
+    seconds = time.monotonic() - t0
+    changed = {m[1]: int(m[3]) for m in map(RECAP.match, out.splitlines()) if m}
+    failed = sum(int(m[4]) + int(m[5]) for m in map(RECAP.match, out.splitlines()) if m)
+    if failed:
+        raise SystemExit(f"bench: {playbook}: failed or unreachable hosts\n{out[-3000:]}")
+    return {
+        "seconds": round(seconds, 1),
+        "changed": sum(changed.values()),
+        "changed_per_host": changed,
+        "load": f"{load_before}->{load()}",
+    }
+
+
+def ssh_argv(name: str, host: str, command: str) -> list[str]:
+    return ["ssh", "-F", str(REPO / ".lab" / name / "ssh_config"), host, command]
+
+
+def ssh(
+    name: str, host: str, command: str, timeout: float = 900, check: bool = True, stdin: str = ""
+) -> str:
+    return run(
+        *ssh_argv(name, host, command), timeout=timeout, check=check, quiet=True, stdin=stdin
+    )
+
+
+def put(name: str, host: str, local: Path, remote: str) -> None:
+    """Copy a file of bench/ to a lab host (over the lab's SSH, nothing else)."""
+    cfg = str(REPO / ".lab" / name / "ssh_config")
+    run("scp", "-q", "-F", cfg, str(local), f"{host}:{remote}", timeout=120)
+
+
+def workers(name: str) -> list[str]:
+    return [h for h in FLEETS[name][1] if h.startswith("worker")]
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 3) if values else float("nan")
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One JSON line per figure on stdout (the load is in every record)."""
+    record.setdefault("load", load())
+    record.setdefault("at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    print(json.dumps(record), flush=True)
+
+
+# --- the deployed fleet: load from ops1, an SMTP sink on each worker host -------------------------
+
+APP_ENV = "set -a; . /etc/celery/app.env; set +a; cd /root;"
+PY = "/opt/celery/current/bin/python"
+INSTANCES = ("pricing", "notifications", "batch")  # inventories/lab/group_vars/celery_workers.yml
+
+
+def prepare(name: str, smtp_delay: float = 0.1) -> None:
+    """loadgen.py on ops1, demo data seeded, an SMTP sink (127.0.0.1:25) on every worker host."""
+    put(name, "ops1", BENCH / "loadgen.py", "/root/loadgen.py")
+    ssh(name, "ops1", "/usr/local/sbin/taskctl db seed >/dev/null")
+    for host in workers(name):
+        put(name, host, BENCH / "smtp_sink.py", "/root/smtp_sink.py")
+        ssh(
+            name,
+            host,
+            "systemctl stop bench-smtp 2>/dev/null; systemctl reset-failed bench-smtp 2>/dev/null;"
+            " systemd-run --quiet --unit=bench-smtp --property=RuntimeMaxSec=7200"
+            f" /usr/bin/python3 /root/smtp_sink.py --delay {smtp_delay} --seconds 7000",
+            check=False,
+        )
+
+
+def gen(name: str, *args: str, timeout: float = 1200) -> dict[str, Any]:
+    """Run loadgen.py on ops1; its JSON result."""
+    out = ssh(name, "ops1", f"{APP_ENV} {PY} /root/loadgen.py {shlex.join(args)}", timeout=timeout)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def nodes(name: str, instances: tuple[str, ...] = INSTANCES) -> list[str]:
+    return [f"{i}@{h}" for h in workers(name) for i in instances]
+
+
+def wait_nodes(name: str, instances: tuple[str, ...] = INSTANCES) -> None:
+    got = gen(name, "ping", "--nodes", ",".join(nodes(name, instances)), "--timeout", "120")
+    if got["missing"]:
+        raise SystemExit(f"bench: workers not answering: {got['missing']}")
+
+
+def drain_queues(name: str) -> None:
+    """Nothing left over from an earlier run (a failed run may leave messages queued)."""
+    for _ in range(60):
+        out = ssh(name, "ops1", "/usr/local/sbin/taskctl queues --json")
+        if not any(json.loads(out)["queues"].values()):
+            return
+        time.sleep(5)
