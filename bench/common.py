@@ -97,6 +97,7 @@ def playbook(name: str, playbook: str, *extra: str, timeout: float = 3600) -> di
         "changed": sum(changed.values()),
         "changed_per_host": changed,
         "load": f"{load_before}->{load()}",
+        "output": out,
     }
 
 

@@ -104,7 +104,8 @@ def send(kind: str, count: int, rate: float = 0.0, seconds: float = 0.0) -> dict
         if kind == "probe" and rate:
             queue = next(queues)  # steady: every instance's queue in turn
         sent[tid] = time.time()
-        celery_app.send_task(name, args=args, kwargs=kwargs, task_id=tid, queue=queue)
+        options = {"queue": queue} if queue else {}
+        celery_app.send_task(name, args=args, kwargs=kwargs, task_id=tid, **options)
     return sent
 
 

@@ -18,7 +18,7 @@ import json
 
 import common
 
-COUNTS = {"noop": 2000, "probe": 1000, "mix": 400}
+COUNTS = {"noop": 4000, "probe": 2000, "mix": 1000}
 # Started by hand: the unit's ExecStart, its environment files, user, directory and umask.
 HAND_START = """
 cd /var/lib/celery

@@ -894,6 +894,8 @@ def write_ssh_files(lab: Lab) -> None:
             f"  IdentityFile {lab.key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {lab.known_hosts}\n  StrictHostKeyChecking yes\n"
             "  LogLevel ERROR\n"
+            # A host that stopped answering (stopped, cut off) ends the session within a minute.
+            "  ServerAliveInterval 15\n  ServerAliveCountMax 4\n"
         )
         hosts_json["hosts"][name] = {
             "address": addr,
