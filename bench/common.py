@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,19 @@ def drain_queues(name: str) -> None:
         if not any(json.loads(out)["queues"].values()):
             return
         time.sleep(5)
+
+
+def held_burst(name: str, kind: str, count: int, stop: str, start: str) -> dict[str, Any]:
+    """A burst into a filled queue: run `stop` on every worker host, send `count` tasks from
+    ops1, run `start` on every worker host at once; tasks/s from the first start to the last end."""
+    drain_queues(name)
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(lambda h: ssh(name, h, stop), workers(name)))
+        cmd = f"{APP_ENV} {PY} /root/loadgen.py burst --hold --kind {kind} --count {count}"
+        with subprocess.Popen(ssh_argv(name, "ops1", cmd), stdout=subprocess.PIPE, text=True) as p:
+            assert p.stdout is not None
+            p.stdout.readline()  # {"sent": N}: the queue is full
+            list(pool.map(lambda h: ssh(name, h, start), workers(name)))
+            out, _ = p.communicate(timeout=1200)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result

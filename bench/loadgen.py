@@ -4,6 +4,7 @@
 
 Modes (one JSON object on stdout):
   burst --kind noop|probe|mix --count N   send N tasks at once, wait for their ends: tasks/s
+        [--hold]                          (queue filled while the workers are stopped)
   steady --rate R --seconds T             probes at R/s; pickup latency = task-started - send
   ping --nodes a@h,b@h                    wait until these worker nodes answer
 
@@ -115,17 +116,23 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def burst(kind: str, count: int, timeout: float) -> dict[str, Any]:
+def burst(kind: str, count: int, timeout: float, hold: bool) -> dict[str, Any]:
+    """hold: the workers are stopped while we send (the queue fills), and started by the caller
+    when it reads the line {"sent": N}; the rate then counts from the first task's start."""
     ev = Events()
     ev.start()
     t0 = time.time()
     sent = send(kind, count)
+    if hold:
+        print(json.dumps({"sent": len(sent)}), flush=True)
     ev.want = set(sent)
     if ev.want <= ev.ended.keys():
         ev.done.set()
     ev.done.wait(timeout)
     ev.stop()
     ends = [ev.ended[t] for t in sent if t in ev.ended]
+    if hold and ev.started:
+        t0 = min(ev.started[t] for t in sent if t in ev.started)
     seconds = (max(ends) - t0) if ends else float("nan")
     waits = [ev.started[t] - sent[t] for t in sent if t in ev.started]
     return {
@@ -134,7 +141,8 @@ def burst(kind: str, count: int, timeout: float) -> dict[str, Any]:
         "ended": len(ends),
         "failed": len(ev.failed & set(sent)),
         "retried": ev.retried,
-        "send_s": round(max(sent.values()) - t0, 3),
+        "held": hold,
+        "send_s": round(max(sent.values()) - min(sent.values()), 3),
         "seconds": round(seconds, 3),
         "tasks_per_s": round(len(ends) / seconds, 1) if ends else 0.0,
         "pickup_p50_s": round(pct(waits, 50), 4),
@@ -181,9 +189,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--nodes", default="")
+    p.add_argument("--hold", action="store_true", help="burst: workers start after the sends")
     a = p.parse_args()
     if a.mode == "burst":
-        out = burst(a.kind, min(a.count, 100_000), min(a.timeout, 3600))
+        out = burst(a.kind, min(a.count, 100_000), min(a.timeout, 3600), a.hold)
     elif a.mode == "steady":
         out = steady(a.rate, min(a.seconds, 1800), drain=min(a.timeout, 600))
     else:
