@@ -28,9 +28,10 @@ from reliability import (
     host_healthy,
     lab,
     main_pid,
+    missing_probes,
     new_prefix,
     probes,
-    queued,
+    queued_probes,
     send,
     send_many,
     task_states,
@@ -159,15 +160,15 @@ def test_redis_restart_with_10000_queued(cluster_restored: Any, trial: int) -> N
         other_host(name).check_output("systemctl stop celery-workers.target")
     seconds = send_many(ops1, prefix, n, QUEUES)
     print(f"sent {n} probes in {seconds:.1f} s")
-    waiting = queued(ops1)
-    assert waiting >= n, f"only {waiting} queued"
+    before = queued_probes(ops1, prefix)
+    assert sum(before.values()) == n, f"queued before the restart: {before}"
     data1.check_output("systemctl restart redis-server")
-    waiting_after = queued(ops1)
-    assert waiting_after >= n, f"{waiting_after} queued after the restart"
+    after = queued_probes(ops1, prefix)
+    assert after == before, f"queued after the restart: {after}, before: {before}"
     for name in WORKERS:
         other_host(name).check_output("systemctl start celery-workers.target")
-    c = wait_done(ops1, prefix, n, 900, f"Redis restart with {waiting_after} queued")
-    assert (c["lost"], c["duplicated"]) == (0, 0), c
+    c = wait_done(ops1, prefix, n, 900, f"Redis restart with {sum(after.values())} queued")
+    assert (c["lost"], c["duplicated"]) == (0, 0), (c, missing_probes(ops1, prefix, n))
 
 
 @pytest.mark.parametrize("trial", TRIALS)
