@@ -70,20 +70,26 @@ def main() -> None:
     a = p.parse_args()
     common.prepare(a.lab)
     common.wait_nodes(a.lab)
+    steady_p50: list[float] = []
     steady_p99: list[float] = []
+    roll_p50: list[float] = []
     roll_p99: list[float] = []
     for run in range(1, min(a.runs, 10) + 1):
         common.drain_queues(a.lab)
         r = common.gen(a.lab, "steady", "--rate", str(a.rate), "--seconds", str(a.seconds))
         s = percentiles(r["samples"], 0, float("inf"))
         common.emit({"bench": "latency", "phase": "steady", "run": run, "rate": a.rate, **s})
+        steady_p50.append(s["p50_s"])
         steady_p99.append(s["p99_s"])
         common.wait_nodes(a.lab)
         ro = rolling(a.lab, a.rate, a.rolling_seconds)
         common.emit({"bench": "latency", "phase": "rolling", "run": run, "rate": a.rate, **ro})
+        roll_p50.append(ro["p50_s"])
         roll_p99.append(ro["p99_s"])
         common.wait_nodes(a.lab)
     summary = {
+        "steady_p50_s": common.median(steady_p50),
+        "rolling_p50_s": common.median(roll_p50),
         "steady_p99_s": common.median(steady_p99),
         "rolling_p99_s": common.median(roll_p99),
         "ratio": round(common.median(roll_p99) / common.median(steady_p99), 2),

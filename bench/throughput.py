@@ -10,7 +10,9 @@ the last one's end (the fleet's rate, not ops1's sending rate). Kinds: `noop` (c
 specifications + notifications.send_low_stock_alerts, one mail to the SMTP sink). Modes, run by
 run in turn: `systemd` (celery-workers.target: the deployed units) and `hand` (the unit's
 ExecStart command line with /etc/celery/app.env and worker-NAME.env, as user celery in
-/var/lib/celery, umask 0027, outside systemd and its sandbox). Ratio systemd/hand: target >= 0.95.
+/var/lib/celery, umask 0027, outside systemd and its sandbox, output to a file), and
+`systemd-nojournal` (a diagnostic: the units with a drop-in in /run sending their stdout/stderr
+to /dev/null instead of the journal). Ratio systemd/hand: target >= 0.95.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import json
 import common
 
 COUNTS = {"noop": 4000, "probe": 2000, "mix": 1000}
-# By hand: the unit's ExecStart, its environment files, user, directory and umask; no sandbox.
+# By hand: the unit's ExecStart, its environment files, user, directory and umask; no sandbox;
+# stdout and stderr to a file (as `nohup` would), where the unit sends them to the journal.
 HAND_START = """
 cd /var/lib/celery
 for i in pricing notifications batch; do
   (set -a; . /etc/celery/app.env; . /etc/celery/worker-$i.env; set +a; umask 0027
    exec setsid timeout 3600 runuser -u celery -- /opt/celery/current/bin/celery \\
      --app=app.celery_app worker --hostname=$i@%h --queues=$CELERY_WORKER_QUEUES \\
-     --logfile=/var/log/celery/$i.log $CELERY_WORKER_OPTS) </dev/null >/dev/null 2>&1 &
+     --logfile=/var/log/celery/$i.log $CELERY_WORKER_OPTS) </dev/null >/tmp/bench-hand-$i.out 2>&1 &
   echo $! > /run/bench-hand-$i.pid
 done
 """
@@ -40,9 +43,23 @@ for i in pricing notifications batch; do
   rm -f /run/bench-hand-$i.pid
 done
 """
-UNITS_STOP = "systemctl stop celery-workers.target"
-UNITS_START = "systemctl start celery-workers.target"
-MODES = {"systemd": (UNITS_STOP, UNITS_START), "hand": (UNITS_STOP + HAND_STOP, HAND_START)}
+# The instances by name too: `systemctl stop` of the target alone returns while they still stop.
+UNITS_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'\n"
+UNITS_START = "systemctl start celery-workers.target\n"
+# Diagnostic: the units without their stdout/stderr in the journal (a drop-in in /run, removed
+# after the burst). The app logs each line to stderr (journald) and to --logfile.
+DROPIN = "/run/systemd/system/celery-worker@.service.d/zz-bench.conf"
+NOJOURNAL = (
+    f"mkdir -p {DROPIN.rsplit('/', 1)[0]}; printf '[Service]\\nStandardOutput=null\\n"
+    f"StandardError=null\\n' > {DROPIN}; systemctl daemon-reload\n"
+)
+UNJOURNAL = f"rm -f {DROPIN}; systemctl daemon-reload\n"
+# mode -> (before the sends, after the sends, after the burst)
+MODES = {
+    "systemd": (UNITS_STOP, UNITS_START, ""),
+    "hand": (UNITS_STOP + HAND_STOP, HAND_START, HAND_STOP),
+    "systemd-nojournal": (UNITS_STOP + NOJOURNAL, UNITS_START, UNITS_STOP + UNJOURNAL),
+}
 
 
 def main() -> None:
@@ -59,22 +76,24 @@ def main() -> None:
     try:
         for run in range(1, min(a.runs, 10) + 1):
             for kind in kinds:
-                for mode, (stop, start) in MODES.items():
+                for mode, (stop, start, after) in MODES.items():
                     count = int(COUNTS[kind] * a.scale)
                     r = common.held_burst(a.lab, kind, count, stop, start)
+                    for host in common.workers(a.lab) if after else []:
+                        common.ssh(a.lab, host, after)
                     common.emit({"bench": "throughput", "run": run, "mode": mode, **r})
                     rates.setdefault((kind, mode), []).append(r["tasks_per_s"])
     finally:
         for host in common.workers(a.lab):
-            common.ssh(a.lab, host, HAND_STOP + UNITS_START)
+            common.ssh(a.lab, host, HAND_STOP + UNJOURNAL + UNITS_START)
     common.wait_nodes(a.lab)
     summary = {}
     for kind in kinds:
-        sysd, hand = common.median(rates[kind, "systemd"]), common.median(rates[kind, "hand"])
+        med = {mode: common.median(rates[kind, mode]) for mode in MODES}
         summary[kind] = {
-            "systemd_tasks_per_s": sysd,
-            "hand_tasks_per_s": hand,
-            "ratio": round(sysd / hand, 3),
+            **{f"{mode}_tasks_per_s": v for mode, v in med.items()},
+            "systemd_over_hand": round(med["systemd"] / med["hand"], 3),
+            "nojournal_over_hand": round(med["systemd-nojournal"] / med["hand"], 3),
             "runs": len(rates[kind, "systemd"]),
         }
     print(json.dumps({"bench": "throughput-summary", "load": common.load(), **summary}, indent=2))

@@ -5,8 +5,9 @@
 
 Each configuration of bench/configs/ is deployed the real way (`ansible-playbook
 playbooks/workers.yml -e @bench/configs/NAME.yml`: units, env files, orphans removed, restarts),
-then the mix (CPU-bound pricing + I/O-bound mail to the SMTP sink) runs --runs times. Configurations
-are cycled run by run so that each sees the same machine load. The lab is left on `shipped`.
+then a burst of the mix (CPU-bound pricing + I/O-bound mail to the SMTP sink, as throughput.py:
+queue filled, then the workers started) runs. Configurations are cycled run by run so that each
+sees the same machine load. The lab is left on `shipped`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import json
 
 import common
 import yaml
+
+STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'"
+START = "systemctl start celery-workers.target"
 
 
 def deploy(name: str, config: str) -> list[str]:
@@ -31,7 +35,7 @@ def main() -> None:
     p.add_argument("--lab", default="bench")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--configs", default="onesize,shipped,threads8,pricing4")
-    p.add_argument("--count", type=int, default=400)
+    p.add_argument("--count", type=int, default=1000)
     a = p.parse_args()
     configs = a.configs.split(",")
     common.prepare(a.lab)
@@ -40,8 +44,7 @@ def main() -> None:
         for run in range(1, min(a.runs, 10) + 1):
             for config in configs:
                 common.wait_nodes(a.lab, tuple(deploy(a.lab, config)))
-                common.drain_queues(a.lab)
-                r = common.gen(a.lab, "burst", "--kind", "mix", "--count", str(a.count))
+                r = common.held_burst(a.lab, "mix", a.count, STOP, START)
                 common.emit({"bench": "tuning", "run": run, "config": config, **r})
                 rates[config].append(r["tasks_per_s"])
     finally:
