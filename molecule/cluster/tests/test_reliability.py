@@ -21,6 +21,7 @@ import pytest
 from conftest import app_python, other_host
 from reliability import (
     FIGURES,
+    INSTANCES,
     REDELIVERY_WAIT,
     WORKERS,
     all_nodes,
@@ -143,10 +144,6 @@ def test_sigkill_pool_child(cluster_restored: Any, trial: int) -> None:
     assert state["state"] == "SUCCESS", state
 
 
-@pytest.mark.skipif(
-    not os.environ.get("RELIABILITY_REDIS"),
-    reason="failed in the final fresh-clone make test (docs/RELIABILITY.md); opt-in until fixed",
-)
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("trial", TRIALS)
 def test_redis_restart_with_10000_queued(cluster_restored: Any, trial: int) -> None:
@@ -157,7 +154,13 @@ def test_redis_restart_with_10000_queued(cluster_restored: Any, trial: int) -> N
     n = 10_000
     prefix = new_prefix("redis")
     for name in WORKERS:
-        other_host(name).check_output("systemctl stop celery-workers.target")
+        # Naming the instances makes systemctl wait until they have exited: stopping the target
+        # alone returns while they still shut down, and their consumers could take messages.
+        worker = other_host(name)
+        worker.check_output("systemctl stop celery-workers.target 'celery-worker@*.service'")
+        units = " ".join(f"celery-worker@{i}" for i in INSTANCES)
+        states = worker.run(f"systemctl is-active {units}").stdout.split()
+        assert states == ["inactive"] * len(INSTANCES), (name, states)
     seconds = send_many(ops1, prefix, n, QUEUES)
     print(f"sent {n} probes in {seconds:.1f} s")
     before = queued_probes(ops1, prefix)
