@@ -28,6 +28,8 @@ FLEETS = {
         ["data1", *(f"worker{i}" for i in range(1, 7)), "ops1"],
     ),
 }
+# `benchc`: the 4-host topology again, for converge runs while `bench` stays deployed.
+FLEETS["benchc"] = FLEETS["bench"]
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 
 
@@ -87,7 +89,17 @@ def playbook(name: str, playbook: str, *extra: str, timeout: float = 3600) -> di
     """ansible-playbook against the bench lab NAME: wall time, changed per host, the load."""
     load_before = load()
     t0 = time.monotonic()
-    out = run("ansible-playbook", "-i", str(FLEETS[name][0]), playbook, *extra, timeout=timeout)
+    inventory = str(FLEETS[name][0])
+    out = run(
+        "ansible-playbook",
+        "-i",
+        inventory,
+        "-e",
+        f"bench_lab={name}",
+        playbook,
+        *extra,
+        timeout=timeout,
+    )
     seconds = time.monotonic() - t0
     changed = {m[1]: int(m[3]) for m in map(RECAP.match, out.splitlines()) if m}
     failed = sum(int(m[4]) + int(m[5]) for m in map(RECAP.match, out.splitlines()) if m)

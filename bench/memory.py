@@ -4,10 +4,11 @@
     .venv/bin/python bench/memory.py [--lab bench] [--tasks 10000] [--configs shipped,...]
 
 For each configuration (bench/configs/shipped.yml: max_tasks_per_child 1000, max_memory_per_child
-256 MiB; mem-unlimited, mem-tasks100, mem-mem64), deployed with playbooks/workers.yml: batch@worker2
-is stopped, so that batch@worker1 (prefork, 2 children) runs every task; the resident size (RSS)
-of its main process and children is read idle (after the restart and a 100-task warm-up), then
-after each quarter of --tasks `ops.probe` tasks. The lab is left on `shipped`.
+256 MiB; mem-unlimited, mem-tasks100, mem-mem128), deployed with playbooks/workers.yml:
+batch@worker2 is stopped, so that batch@worker1 (prefork, 2 children) runs every task; the RSS
+(resident size) of its main process and children is read idle (after the restart and a
+100-task warm-up), then after each quarter of --tasks `ops.probe` tasks. The lab is left on
+`shipped`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lab", default="bench")
     p.add_argument("--tasks", type=int, default=10_000)
-    p.add_argument("--configs", default="shipped,mem-unlimited,mem-tasks100,mem-mem64")
+    p.add_argument("--configs", default="shipped,mem-unlimited,mem-tasks100,mem-mem128")
     a = p.parse_args()
     common.prepare(a.lab)
     quarter = min(a.tasks, 100_000) // 4
@@ -50,11 +51,10 @@ def main() -> None:
             common.gen(a.lab, "ping", "--nodes", "batch@worker1", "--timeout", "120")
             common.drain_queues(a.lab)
             tasks(a.lab, 100)
-            row = {"bench": "memory", "config": config, "tasks": 0, **rss(a.lab)}
-            common.emit(row)
+            common.emit({"bench": "memory", "config": config, "tasks": 0, **rss(a.lab)})
             for done in range(quarter, 4 * quarter + 1, quarter):
                 tasks(a.lab, quarter)
-                common.emit({**row, "tasks": done, **rss(a.lab), "load": common.load()})
+                common.emit({"bench": "memory", "config": config, "tasks": done, **rss(a.lab)})
             common.ssh(a.lab, "worker2", "systemctl start celery-worker@batch")
     finally:
         common.playbook(a.lab, "playbooks/workers.yml", "-e", "@bench/configs/shipped.yml")
