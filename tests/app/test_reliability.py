@@ -10,7 +10,7 @@ from conftest import POSTGRES, WORKER_FILE_LOG, run, wait_state, worker_log
 from services import wait_for
 from sqlalchemy import select
 
-from app.celery_app import celery_app
+from app.celery_app import broker_redis, celery_app
 from app.db import session_scope
 from app.models import ApplicationLog, TaskProbe
 
@@ -70,6 +70,16 @@ def test_message_that_kills_its_worker_is_bounded(alive: Any) -> None:
     assert (row.runs, row.completions) == (3, 0)  # three deliveries ran, none finished
     after = run("ops.probe", f"{token}-after")
     assert after.state == "SUCCESS"  # the worker is still serving
+
+
+def test_delivery_counter_is_removed_when_the_task_ends(alive: Any) -> None:
+    """Only a delivery whose worker died leaves its counter: ended tasks take theirs away."""
+    done = run("ops.probe", uuid.uuid4().hex)
+    failed = run("ops.probe", "t", sleep_seconds=-1)
+    redelivered = run("ops.probe", uuid.uuid4().hex, crash_times=1, timeout=120)
+    assert (done.state, failed.state, redelivered.state) == ("SUCCESS", "FAILURE", "SUCCESS")
+    keys = [f"app:deliveries:{r.id}:0" for r in (done, failed, redelivered)]
+    assert broker_redis().exists(*keys) == 0
 
 
 def test_malformed_payloads_fail_clearly_and_the_worker_stays_up(alive: Any) -> None:
