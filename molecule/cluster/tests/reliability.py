@@ -138,53 +138,69 @@ print(json.dumps(out))
     return result
 
 
+# Python run on ops1 (prepended to the code below): HELD = (place, the task's argsrepr) of every
+# message the broker holds, queued (place = queue) or delivered and not acked (place = unacked;
+# read tag by tag: the ACL allows HGET, not HVALS).
+HELD = """
+import json
+from app.celery_app import QUEUES, broker_redis
+r = broker_redis()
+HELD = [(q, json.loads(m)["headers"].get("argsrepr", ""))
+        for q in QUEUES for m in r.lrange(q, 0, -1)]
+for tag in r.zrange("unacked_index", 0, -1):
+    raw = r.hget("unacked", tag)
+    if raw:
+        HELD.append(("unacked", json.loads(raw)[0]["headers"].get("argsrepr", "")))
+"""
+
+
 def queued_probes(ops1: Any, prefix: str) -> dict[str, int]:
     """The probes of `prefix` waiting in each queue (and in `unacked`), read from the broker.
 
     Exact where queue lengths are not: beat keeps adding its own messages while workers are away.
     """
-    code = f"""
-import json
-from app.celery_app import QUEUES, broker_redis
-r = broker_redis()
-def ours(payload):  # a queued message (JSON), or the payload kept in `unacked` (a dict)
-    payload = json.loads(payload) if isinstance(payload, (str, bytes)) else payload
-    return "{prefix}-" in payload["headers"].get("argsrepr", "")
-found = {{q: sum(ours(m) for m in r.lrange(q, 0, -1)) for q in QUEUES}}
-# Tag by tag: the ACL allows HGET, not HVALS.
-unacked = [r.hget("unacked", tag) for tag in r.zrange("unacked_index", 0, -1)]
-found["unacked"] = sum(ours(json.loads(m)[0]) for m in unacked if m)
+    code = (
+        HELD
+        + f"""
+found = dict.fromkeys([*QUEUES, "unacked"], 0)
+for place, args in HELD:
+    found[place] += "{prefix}-" in args
 print(json.dumps(found))
 """
+    )
     result: dict[str, int] = app_python(ops1, code, timeout=300)
     return result
 
 
 def missing_probes(ops1: Any, prefix: str, n: int) -> dict[str, Any]:
     """Of probes `prefix-0..n-1`, the ones not completed, and where the broker still holds them."""
-    code = f"""
-import json
+    code = (
+        HELD
+        + f"""
+import re
 from sqlalchemy import text
-from app.celery_app import QUEUES, broker_redis
 from app.db import session_scope
 with session_scope() as s:
     done = set(s.scalars(text("select token from task_probes where token like :p"
                               " and completions >= 1"), {{"p": "{prefix}-%"}}))
 missing = sorted(set("{prefix}-" + str(i) for i in range({n})) - done)
-r = broker_redis()
 where = {{}}
-for q in QUEUES:
-    for raw in r.lrange(q, 0, -1):
-        a = json.loads(raw)["headers"].get("argsrepr", "")
-        where.update({{t: q for t in missing if repr(t) in a}})
-for raw in filter(None, (r.hget("unacked", t) for t in r.zrange("unacked_index", 0, -1))):
-    a = json.loads(raw)[0]["headers"].get("argsrepr", "")
-    where.update({{t: "unacked" for t in missing if repr(t) in a}})
+for place, args in HELD:
+    token = re.search(r"'({prefix}-[0-9]+)'", args)
+    if token and token[1] not in done:
+        where[token[1]] = place
 print(json.dumps({{"missing": len(missing), "where": {{t: where.get(t, "nowhere")
                                                     for t in missing[:20]}}}}))
-"""  # noqa: S608
+"""
+    )  # noqa: S608
     result: dict[str, Any] = app_python(ops1, code, timeout=300)
     return result
+
+
+def instance_states(host: Any) -> list[str]:
+    """`systemctl is-active` of each worker instance of the host, in INSTANCES order."""
+    units = " ".join(f"celery-worker@{i}" for i in INSTANCES)
+    return list(host.run(f"systemctl is-active {units}").stdout.split())
 
 
 def main_pid(host: Any, unit: str) -> int:
@@ -207,9 +223,7 @@ def host_healthy(name: str) -> tuple[bool, str]:
     try:
         h = other_host(name)
         state = h.run("systemctl is-system-running").stdout.strip()
-        active = h.run(
-            "systemctl is-active " + " ".join(f"celery-worker@{i}" for i in INSTANCES)
-        ).stdout.split()
+        active = instance_states(h)
     except Exception as exc:  # host down or unreachable while it boots
         return False, f"unreachable: {str(exc)[:200]}"
     ok = state == "running" and active == ["active"] * len(INSTANCES)

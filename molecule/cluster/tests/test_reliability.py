@@ -27,6 +27,7 @@ from reliability import (
     all_nodes,
     counts,
     host_healthy,
+    instance_states,
     lab,
     main_pid,
     missing_probes,
@@ -158,8 +159,7 @@ def test_redis_restart_with_10000_queued(cluster_restored: Any, trial: int) -> N
         # alone returns while they still shut down, and their consumers could take messages.
         worker = other_host(name)
         worker.check_output("systemctl stop celery-workers.target 'celery-worker@*.service'")
-        units = " ".join(f"celery-worker@{i}" for i in INSTANCES)
-        states = worker.run(f"systemctl is-active {units}").stdout.split()
+        states = instance_states(worker)
         assert states == ["inactive"] * len(INSTANCES), (name, states)
     seconds = send_many(ops1, prefix, n, QUEUES)
     print(f"sent {n} probes in {seconds:.1f} s")
