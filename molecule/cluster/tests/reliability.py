@@ -138,9 +138,9 @@ print(json.dumps(out))
     return result
 
 
-# Python run on ops1 (prepended to the code below): HELD = (place, the task's argsrepr) of every
-# message the broker holds, queued (place = queue) or delivered and not acked (place = unacked;
-# read tag by tag: the ACL allows HGET, not HVALS).
+# Python run on ops1 ahead of the two helpers' code below: HELD = (place, the task's argsrepr)
+# of every message the broker holds, queued (place = queue) or delivered and not acked
+# (place = unacked; read tag by tag: the ACL allows HGET, not HVALS).
 HELD = """
 import json
 from app.celery_app import QUEUES, broker_redis
@@ -159,24 +159,19 @@ def queued_probes(ops1: Any, prefix: str) -> dict[str, int]:
 
     Exact where queue lengths are not: beat keeps adding its own messages while workers are away.
     """
-    code = (
-        HELD
-        + f"""
+    code = f"""
 found = dict.fromkeys([*QUEUES, "unacked"], 0)
 for place, args in HELD:
     found[place] += "{prefix}-" in args
 print(json.dumps(found))
 """
-    )
-    result: dict[str, int] = app_python(ops1, code, timeout=300)
+    result: dict[str, int] = app_python(ops1, HELD + code, timeout=300)
     return result
 
 
 def missing_probes(ops1: Any, prefix: str, n: int) -> dict[str, Any]:
     """Of probes `prefix-0..n-1`, the ones not completed, and where the broker still holds them."""
-    code = (
-        HELD
-        + f"""
+    code = f"""
 import re
 from sqlalchemy import text
 from app.db import session_scope
@@ -191,9 +186,8 @@ for place, args in HELD:
         where[token[1]] = place
 print(json.dumps({{"missing": len(missing), "where": {{t: where.get(t, "nowhere")
                                                     for t in missing[:20]}}}}))
-"""
-    )  # noqa: S608
-    result: dict[str, Any] = app_python(ops1, code, timeout=300)
+"""  # noqa: S608
+    result: dict[str, Any] = app_python(ops1, HELD + code, timeout=300)
     return result
 
 
