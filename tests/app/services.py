@@ -220,4 +220,7 @@ class SmtpServer:
             self.controller = None
 
     def messages_to(self, address: str) -> list[Message]:
-        return [m for m in self.inbox.messages if address in m.get("X-Envelope-To", "")]
+        """Messages whose envelope names this exact address ("ops@" is not in "devops@")."""
+        return [
+            m for m in self.inbox.messages if address in m.get("X-Envelope-To", "").split(", ")
+        ]
