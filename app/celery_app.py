@@ -249,9 +249,9 @@ celery_app = make_celery()
 
 @signals.setup_logging.connect
 def _setup_logging(loglevel: Any = None, logfile: str | None = None, **kwargs: Any) -> None:
-    # Connected: Celery leaves logging to us (structlog JSON on stderr, journald keeps it).
-    # Celery passes its --logfile here (the deploy sets /var/log/celery/NAME.log), and an
-    # explicit --loglevel of the worker instance wins over APP_LOG_LEVEL.
+    # Connected: Celery leaves logging to us (structlog JSON lines, app.logs). Celery passes its
+    # --logfile here (the units set /var/log/celery/NAME.log: the one sink then; stderr without
+    # it), and an explicit --loglevel of the worker instance wins over APP_LOG_LEVEL.
     s = get_settings()
     level = loglevel if loglevel and _loglevel_given() else s.log_level
     logs.configure(s.log_format, level, logfile or None)

@@ -144,6 +144,42 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Stop local instances taking messages, then wait (bounded) until they hold no reserved one.
+
+    Before a restart (playbooks/rolling_restart.yml): the prefetched messages run here now instead
+    of waiting out the warm shutdown to be requeued; the host's other instances and the other
+    hosts take the new ones. Only a restart resumes consuming (cancel_consumer is not persisted).
+    """
+    import socket
+    import time
+
+    app = _app()
+    nodes = [n if "@" in n else f"{n}@{socket.gethostname()}" for n in args.instances]
+    inspect = app.control.inspect(destination=nodes, timeout=args.reply_timeout)
+    consuming = {n: [q["name"] for q in qs] for n, qs in (inspect.active_queues() or {}).items()}
+    for node, queues in consuming.items():
+        for queue in queues:
+            app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=2.0)
+    deadline = time.monotonic() + args.timeout
+    left: dict[str, int | None] = {}
+    while consuming:  # never an inspect without destination: that would ask every worker
+        inspect = app.control.inspect(destination=list(consuming), timeout=args.reply_timeout)
+        replies = inspect.reserved() or {}
+        left = {n: len(replies[n]) if n in replies else None for n in consuming}
+        if all(v == 0 for v in left.values()) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    _print(
+        {
+            "drained": consuming,
+            "not_answering": sorted(set(nodes) - set(consuming)),
+            "reserved_left": left,  # None: no reply at the deadline
+        }
+    )
+    return EXIT_OK
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from app.celery_app import queue_for
 
@@ -213,6 +249,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--timeout", type=float, default=2.0)
         s.add_argument("--json", action="store_true")
         s.set_defaults(func=cmd_ping)
+
+    s = sub.add_parser("drain", help="instances stop consuming and run what they reserved")
+    s.add_argument("instances", nargs="+", help="NAME (of this host) or NAME@HOST")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for reserved")
+    s.add_argument("--reply-timeout", type=float, default=2.0, help="seconds per inspect call")
+    s.set_defaults(func=cmd_drain)
 
     s = sub.add_parser("tasks", help="registered tasks and their queue")
     s.set_defaults(func=cmd_tasks)

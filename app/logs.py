@@ -22,9 +22,12 @@ _shared: list[Any] = [
 
 
 def configure(fmt: str = "json", level: str | int = "INFO", logfile: str | None = None) -> None:
-    """Log to stderr (the journal) and, given a path (Celery's --logfile), to that file too.
+    """Log to one sink: the file given (Celery's --logfile, as the units run), else stderr.
 
-    WatchedFileHandler reopens the path when logrotate has moved the file (docs/DEPLOY.md).
+    One, not both: a copy of every line in the journal cost the deployed workers 6-31 % of their
+    no-op throughput (docs/BENCHMARKS.md). The journal still gets systemd's lines and whatever
+    reaches stderr before logging is set up (an import error's traceback). WatchedFileHandler
+    reopens the path when logrotate has moved the file (docs/DEPLOY.md).
     """
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -39,13 +42,14 @@ def configure(fmt: str = "json", level: str | int = "INFO", logfile: str | None 
             renderer,
         ],
     )
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if logfile:
-        handlers.append(logging.handlers.WatchedFileHandler(logfile, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(formatter)
+    handler: logging.Handler = (
+        logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
+        if logfile
+        else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = handlers
+    root.handlers[:] = [handler]
     root.setLevel(level)
     structlog.configure(
         processors=[

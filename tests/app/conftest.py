@@ -61,7 +61,7 @@ ENV = {
     "APP_TASK_MAX_DELIVERIES": "3",
 }
 os.environ.update(ENV)
-WORKER_LOG = WORK / "worker.log"  # stderr (what the journal gets)
+WORKER_LOG = WORK / "worker.log"  # stderr (the journal: startup errors only)
 WORKER_FILE_LOG = WORK / "worker-file.log"  # --logfile (what /var/log/celery/NAME.log gets)
 
 
@@ -245,9 +245,10 @@ def wait_state(result: Any, states: set[str], timeout: float = 30) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if exitstatus != 0 and WORKER_LOG.exists():
-        tail = WORKER_LOG.read_text(errors="replace").splitlines()[-60:]
-        sys.stderr.write("\n--- worker log (tail) ---\n" + "\n".join(tail) + "\n")
+    for path in (WORKER_FILE_LOG, WORKER_LOG) if exitstatus != 0 else ():
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-60:]
+            sys.stderr.write(f"\n--- {path.name} (tail) ---\n" + "\n".join(tail) + "\n")
     for server in (REDIS, POSTGRES):
         server.stop()
     shutil.rmtree(WORK, ignore_errors=True)

@@ -221,6 +221,4 @@ class SmtpServer:
 
     def messages_to(self, address: str) -> list[Message]:
         """Messages whose envelope names this exact address ("ops@" is not in "devops@")."""
-        return [
-            m for m in self.inbox.messages if address in m.get("X-Envelope-To", "").split(", ")
-        ]
+        return [m for m in self.inbox.messages if address in m.get("X-Envelope-To", "").split(", ")]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
-from conftest import taskctl
+from conftest import ENV, taskctl, worker_argv
+from services import wait_for
 
 
 def test_submit_status_and_result(alive: Any) -> None:
@@ -85,3 +91,38 @@ def test_unreachable_broker_is_one_clear_line(database: Any) -> None:
     assert done.returncode == 1
     assert "taskctl: queues failed: ConnectionError" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_drain_stops_an_instance_consuming_and_waits_out_its_reserved(
+    alive: Any, tmp_path: Path
+) -> None:
+    """A second worker, drained: it answers but consumes nothing; every probe goes elsewhere."""
+    from app.celery_app import celery_app
+
+    node = f"drainee@{socket.gethostname()}"
+    with (tmp_path / "drainee.log").open("wb") as log:
+        drainee = subprocess.Popen(
+            worker_argv("drainee", 1),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ENV},
+        )
+        try:
+            wait_for(lambda: celery_app.control.ping([node], timeout=1.0), 60, node, interval=0.5)
+            done = taskctl("drain", "drainee", "--timeout", "20")
+            assert done.returncode == 0, done.stderr
+            report = json.loads(done.stdout)
+            assert len(report["drained"][node]) == 5 and report["reserved_left"] == {node: 0}
+            assert report["not_answering"] == []
+            queues = celery_app.control.inspect([node], timeout=2.0).active_queues()
+            assert queues == {node: []}, queues
+            sent = [celery_app.send_task("ops.probe", [uuid.uuid4().hex]) for _ in range(10)]
+            workers = {r.get(timeout=60)["worker"] for r in sent}
+            assert node not in workers and workers, workers
+            gone = taskctl("drain", "nobody@nowhere", "--timeout", "1")
+            assert gone.returncode == 0 and json.loads(gone.stdout)["not_answering"] == [
+                "nobody@nowhere"
+            ]
+        finally:
+            drainee.send_signal(signal.SIGTERM)
+            drainee.wait(30)
