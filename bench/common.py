@@ -30,6 +30,8 @@ FLEETS = {
 }
 # `benchc`: the 4-host topology again, for converge runs while `bench` stays deployed.
 FLEETS["benchc"] = FLEETS["bench"]
+# `lab`: the lab of `make lab` (the same 4 hosts), for a benchmark of what `make lab` deployed.
+FLEETS["lab"] = (REPO / "inventories" / "lab", FLEETS["bench"][1])
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 
 
