@@ -447,7 +447,11 @@ def proxy_start() -> bool:
             f"Remap-debrep: file:deb_mirror*.gz /debian ; {RECIPE['mirror']}/\n"
             "Remap-secdeb: security.debian.org deb.debian.org/debian-security ; "
             f"{RECIPE['security_mirror']}/\n"
-            "ConnectProto: v4\nExThreshold: 30\n",  # no ReportPage: no admin page for the hosts
+            "ConnectProto: v4\nExThreshold: 30\n"  # no ReportPage: no admin page for the hosts
+            # Index files fetched within 2 minutes are served without asking the mirror again:
+            # hosts of a lab ask at the same moment, and concurrent refreshes of one InRelease
+            # race in apt-cacher-ng ("Failure to move file out of the way").
+            "FreshIndexMaxAge: 120\n",
         )
         cmd = ["setpriv", "--reuid=apt-cacher-ng", "--regid=apt-cacher-ng", "--init-groups", "--"]
         cmd += ["/usr/sbin/apt-cacher-ng", "-c", str(conf), "ForeGround=1"]
@@ -851,7 +855,11 @@ def host_identity(lab: Lab, name: str) -> None:
             f'Acquire::http::Proxy "http://{PROXY_ADDR}:{PROXY_PORT}/";\n'
             "// A stalled transfer (the cache under heavy load) fails fast and is retried, rather\n"
             "// than hanging apt for many minutes.\n"
-            'Acquire::http::Timeout "30";\nAcquire::Retries "5";\n',
+            'Acquire::http::Timeout "30";\nAcquire::Retries "5";\n'
+            "// No pipelining: when the cache drops a connection with requests in flight (it does\n"
+            "// on a race refreshing an InRelease), apt's http method and apt-get could both\n"
+            "// wait on each other for ever, unseen by the timeout (a cold converge hung so).\n"
+            'Acquire::http::Pipeline-Depth "0";\n',
         )
     (hdir / "identity").touch()
 
