@@ -47,7 +47,7 @@ done
 UNITS_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'\n"
 UNITS_START = "systemctl start celery-workers.target\n"
 # Diagnostic: the units without their stdout/stderr in the journal (a drop-in in /run, removed
-# after the burst). The app logs each line to stderr (journald) and to --logfile.
+# after the burst). Since the app logs to --logfile only (app/logs.py), it should match systemd.
 DROPIN = "/run/systemd/system/celery-worker@.service.d/zz-bench.conf"
 NOJOURNAL = (
     f"mkdir -p {DROPIN.rsplit('/', 1)[0]}; printf '[Service]\\nStandardOutput=null\\n"
