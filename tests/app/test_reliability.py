@@ -167,7 +167,8 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
 
     from conftest import BIN, ENV, ROOT
 
-    log_path = tmp_path / "beat.log"
+    log_path = tmp_path / "beat.log"  # stdout and stderr
+    file_log = tmp_path / "beat-file.log"  # --logfile, the one sink, as for the workers
     with log_path.open("wb") as log:
         beat = subprocess.Popen(
             [
@@ -182,7 +183,7 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
                 "--loglevel",
                 "INFO",
                 "--logfile",
-                str(tmp_path / "beat-file.log"),
+                str(file_log),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -191,7 +192,6 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
         )
         try:
             deadline = time.monotonic() + 30
-            file_log = tmp_path / "beat-file.log"
             while time.monotonic() < deadline and (
                 not file_log.exists() or "Starting" not in file_log.read_text()
             ):
@@ -202,7 +202,7 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
         finally:
             beat.send_signal(signal.SIGTERM)
             beat.wait(30)
-    text = (tmp_path / "beat-file.log").read_text()  # the one sink, as for the workers
+    text, stderr = file_log.read_text(), log_path.read_text()
     assert '"event": "beat: Starting..."' in text
     assert "Traceback" not in text and '"level": "error"' not in text
-    assert "Traceback" not in log_path.read_text() and "beat: Starting" not in log_path.read_text()
+    assert "Traceback" not in stderr and "beat: Starting" not in stderr
