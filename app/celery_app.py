@@ -16,7 +16,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app import logs
+from app import db, logs
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
 from app.settings import get_settings
 
@@ -277,6 +277,17 @@ def _bind_task_context(task_id: str, task: Task, **kwargs: Any) -> None:
 @signals.task_postrun.connect
 def _unbind_task_context(**kwargs: Any) -> None:
     structlog.contextvars.clear_contextvars()
+
+
+@signals.worker_init.connect
+def _size_connection_pool(sender: Any = None, **kwargs: Any) -> None:
+    # A threads worker runs `concurrency` tasks at once in one process, each with its own
+    # connection: keep that many open rather than reconnecting per task. Prefork children and
+    # solo run one task at a time (the default pool size covers them).
+    pool = getattr(sender, "pool_cls", "")
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    if "thread" in name and getattr(sender, "concurrency", None):
+        db.set_pool_size(int(sender.concurrency))
 
 
 @signals.worker_process_init.connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,11 +15,39 @@ from app.settings import get_settings
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _sessions: sessionmaker[Session] | None = None
+# Connections the pool keeps open: one per thread that may hold one at a time (set_pool_size).
+_pool_size = 2
+
+
+def set_pool_size(size: int) -> None:
+    """Keep `size` connections open (a threads worker: its concurrency).
+
+    Connections beyond the pool size ("overflow") are closed when returned: a threads worker with
+    more threads than that would connect (TLS, SCRAM) and disconnect once per task, and the
+    closing backends still hold slots of max_connections for a moment (seen: "remaining
+    connection slots are reserved" at 16 threads with max_connections sized for them).
+    """
+    global _pool_size
+    _pool_size = max(1, int(size))
+
+
+# The threads of a threads worker start their first tasks at once: one of them creates the engine.
+_lock = threading.Lock()
+# A child forked while another thread held the lock would wait on it for ever: a fresh one.
+os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))
 
 
 def get_engine() -> Engine:
-    global _engine, _engine_pid, _sessions
     if _engine is None or _engine_pid != os.getpid():
+        with _lock:
+            _create_engine()
+    assert _engine is not None
+    return _engine
+
+
+def _create_engine() -> None:
+    global _engine, _engine_pid, _sessions
+    if _engine is None or _engine_pid != os.getpid():  # checked again, under the lock
         if _engine is not None:
             # Inherited from the parent across fork: drop its connections without closing them.
             _engine.dispose(close=False)
@@ -26,15 +55,14 @@ def get_engine() -> Engine:
             get_settings().database_url,
             pool_pre_ping=True,  # a restarted PostgreSQL leaves dead pooled connections
             # A task holds one connection at a time: a prefork child needs 1, a threads pool
-            # one per thread (overflow connections are closed when returned).
-            pool_size=2,
+            # one per thread (set_pool_size; overflow connections are closed when returned).
+            pool_size=_pool_size,
             max_overflow=30,
             pool_recycle=1800,
             connect_args={"connect_timeout": 5, "application_name": "celery-app"},
         )
-        _engine_pid = os.getpid()
         _sessions = sessionmaker(_engine, expire_on_commit=False)
-    return _engine
+        _engine_pid = os.getpid()
 
 
 @contextmanager

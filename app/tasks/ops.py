@@ -11,7 +11,7 @@ from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 
 from app.celery_app import celery_app
-from app.db import session_scope
+from app.db import get_engine, session_scope
 from app.errors import TemporaryError, ValidationError
 from app.logs import get_logger
 from app.models import TaskProbe
@@ -82,5 +82,7 @@ def probe(
         "completions": completions,
         "queue": queue,
         "worker": worker,
+        # Connections this process keeps open (a threads worker: one per thread).
+        "db_pool_size": get_engine().pool.size(),  # type: ignore[attr-defined]
         "status": "success",
     }
