@@ -1,0 +1,55 @@
+"""playbooks/workers.yml run alone with more pool processes than PostgreSQL was sized for: it stops
+before any worker host changes, naming the running max_connections and what to run.
+
+Without the check the new instances start and their tasks fail under load with "remaining
+connection slots are reserved" (seen in bench/tuning.py, docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+testinfra_hosts = ["worker1"]
+
+# 2 x 46 pool processes: far beyond the scenario's max_connections (48, host_vars/data1.yml).
+TOO_MANY = [
+    {"name": "pricing", "queues": ["pricing"], "pool": "prefork", "concurrency": 40},
+    {"name": "notifications", "queues": ["notifications"], "pool": "threads", "concurrency": 4},
+    {"name": "batch", "queues": ["default", "data_processing", "maintenance"], "pool": "prefork"},
+]
+
+
+def test_workers_play_refuses_instances_postgresql_cannot_serve(host: Any, tmp_path: Path) -> None:
+    settings = "/etc/celery/worker-pricing.env"
+    before = host.file(settings).sha256sum
+    pid_before = host.service("celery-worker@pricing").systemd_properties["MainPID"]
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    extra = tmp_path / "instances.json"
+    extra.write_text(json.dumps({"celery_worker_instances": TOO_MANY}))
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            f"{project}/playbooks/workers.yml",
+            "-e",
+            f"@{extra}",
+        ],
+        cwd=project,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": f"{project}/roles", "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-4000:]
+    assert "runs with max_connections=" in output, output[-4000:]
+    assert "Run site.yml (or playbooks/data.yml)" in output, output[-4000:]
+    assert "changed=0" in output and "changed=1" not in output, output[-4000:]
+    assert host.file(settings).sha256sum == before
+    assert host.service("celery-worker@pricing").systemd_properties["MainPID"] == pid_before
