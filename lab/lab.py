@@ -923,6 +923,28 @@ def write_ssh_files(lab: Lab) -> None:
 # --- commands -------------------------------------------------------------------------------------
 
 
+def warm_apt(lab: Lab, names: list[str], attempts: int = 3, timeout: int = 60) -> None:
+    """Fresh package lists on each host, one host after the other, each try bounded.
+
+    apt-get update through the cache hung for ever now and then (its http method holding a
+    connection the cache had closed, seen on one host of four, with or without pipelining); a
+    converge waited on it until CI's limit. Here a hang costs at most `timeout` and a retry, and
+    the roles' apt tasks (cache_valid_time: 3600) find the lists fresh and do not update again.
+    """
+    for name in names:
+        for attempt in range(1, attempts + 1):
+            argv = ssh_argv(
+                lab, name, "timeout", "-k", "5", str(timeout), "apt-get", "-qq", "update"
+            )
+            if subprocess.run(argv, capture_output=True, check=False).returncode == 0:
+                break
+            log(f"{name}: apt-get update failed or hung (try {attempt} of {attempts})")
+        else:
+            raise LabError(
+                f"{name}: apt-get update failed {attempts} times (the apt cache? {CACHE})"
+            )
+
+
 def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
     preflight()
     for h in hosts:
@@ -982,10 +1004,13 @@ def cmd_up(lab: Lab, hosts: list[str], wait: bool = True) -> None:
     for h in hosts:
         log(f"{h}: {lab.address(h)}, SSH after {ready[h]:.1f} s, systemd {states[h]}")
     bad = {h: s for h, s in states.items() if s != "running"}
+    t_running = time.monotonic()
+    warm_apt(lab, [h for h in hosts if h not in bad])
     log(
         f"lab {lab.name} up in {time.monotonic() - t0:.1f} s (image {t_image - t0:.1f} s, "
         f"prepare {t_boot - t_image:.1f} s, boot to SSH {t_ssh - t_boot:.1f} s, "
-        f"to running {time.monotonic() - t_ssh:.1f} s); ssh -F {lab.ssh_config} HOST"
+        f"to running {t_running - t_ssh:.1f} s, apt lists {time.monotonic() - t_running:.1f} s); "
+        f"ssh -F {lab.ssh_config} HOST"
     )
     if bad:
         raise LabError(f"hosts not running cleanly: {bad}")
