@@ -3,8 +3,9 @@
 
     .venv/bin/python bench/tuning.py [--lab bench] [--runs 3] [--configs onesize,shipped,...]
 
-Each configuration of bench/configs/ is deployed the real way (`ansible-playbook
-playbooks/workers.yml -e @bench/configs/NAME.yml`: units, env files, orphans removed, restarts),
+Each configuration of bench/configs/ is deployed the real way (`ansible-playbook site.yml --tags
+data,workers -e @bench/configs/NAME.yml`: PostgreSQL's max_connections sized for its pool
+processes, then units, env files, orphans removed, restarts),
 then a burst of the mix (CPU-bound pricing + I/O-bound mail to the SMTP sink, as throughput.py:
 queue filled, then the workers started) runs. Configurations are cycled run by run so that each
 sees the same machine load. The lab is left on `shipped`.
@@ -24,7 +25,8 @@ START = "systemctl start celery-workers.target"
 
 def deploy(name: str, config: str) -> list[str]:
     path = common.BENCH / "configs" / f"{config}.yml"
-    r = common.playbook(name, "playbooks/workers.yml", "-e", f"@{path}")
+    # The data play too: workers.yml alone refuses more pool processes than PostgreSQL is sized for.
+    r = common.playbook(name, "site.yml", "--tags", "data,workers", "-e", f"@{path}")
     common.log(f"{config} deployed in {r['seconds']} s (changed {r['changed']})")
     instances = yaml.safe_load(path.read_text())["celery_worker_instances"]
     return [i["name"] for i in instances]
@@ -34,7 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lab", default="bench")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--configs", default="onesize,shipped,threads8,pricing4")
+    p.add_argument("--configs", default="onesize,shipped,threads4,threads16,pricing4")
     p.add_argument("--count", type=int, default=1000)
     a = p.parse_args()
     configs = a.configs.split(",")
