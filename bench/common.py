@@ -87,9 +87,23 @@ def lab_down(name: str) -> None:
     lab("down", name=name)
 
 
+def cpu_times() -> tuple[int, int]:
+    """The machine's (busy, total) CPU time in jiffies, from /proc/stat (all CPUs)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of the machine's CPU time busy between two cpu_times() (1.0: every core, always)."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total else 0.0
+
+
 def playbook(name: str, playbook: str, *extra: str, timeout: float = 3600) -> dict[str, Any]:
     """ansible-playbook against the bench lab NAME: wall time, changed per host, the load."""
     load_before = load()
+    cpu_before = cpu_times()
     t0 = time.monotonic()
     inventory = str(FLEETS[name][0])
     out = run(
@@ -112,6 +126,7 @@ def playbook(name: str, playbook: str, *extra: str, timeout: float = 3600) -> di
         "changed": sum(changed.values()),
         "changed_per_host": changed,
         "load": f"{load_before}->{load()}",
+        "cpu_busy": cpu_busy(cpu_before, cpu_times()),
         "output": out,
     }
 

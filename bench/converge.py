@@ -5,7 +5,9 @@
 
 Each run, for each lab in turn (interleaved, so both see the same machine load): `lab.py down`,
 `lab.py up` (fresh hosts from the cached image), `ansible-playbook site.yml` (cold), then
-`site.yml` again (idempotent: its time and changed count). One JSON line per run, then medians.
+`site.yml` again (idempotent: its time and changed count), each with `cpu_busy`, the share of the
+machine's CPU time (all cores, /proc/stat) spent busy meanwhile: near 1.0, the run waits for CPU,
+not for the network or the hosts. One JSON line per run, then medians.
 `--keep` leaves the last lab `bench` deployed for the other benchmarks; `--labs bench6,benchc`
 (benchc: the 4-host topology under another lab name) runs while `bench` stays deployed.
 """
@@ -40,9 +42,11 @@ def main() -> None:
                 "lab_up_s": round(up, 1),
                 "cold_s": cold["seconds"],
                 "cold_load": cold["load"],
+                "cold_cpu_busy": cold["cpu_busy"],
                 "second_s": second["seconds"],
                 "second_changed": second["changed"],
                 "second_load": second["load"],
+                "second_cpu_busy": second["cpu_busy"],
                 "ratio": round(second["seconds"] / cold["seconds"], 3),
             }
             common.emit(row)
@@ -56,6 +60,7 @@ def main() -> None:
             "second_s": common.median([r["second_s"] for r in rows]),
             "second_changed_max": max(r["second_changed"] for r in rows),
             "second_over_cold": common.median([r["ratio"] for r in rows]),
+            "cold_cpu_busy": common.median([r["cold_cpu_busy"] for r in rows]),
         }
         for name, rows in results.items()
     }
