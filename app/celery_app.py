@@ -16,7 +16,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app import db, logs
+from app import db, liveness, logs
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
 from app.settings import get_settings
 
@@ -214,9 +214,16 @@ def make_celery() -> Celery:
         redis_socket_keepalive=True,
         redis_backend_health_check_interval=25,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_soft_shutdown_timeout=float(s.worker_soft_shutdown_timeout),
-        worker_enable_soft_shutdown_on_idle=True,
+        # Stop: SIGTERM is Celery's warm shutdown, bounded by app.liveness's stop guard
+        # (APP_WORKER_SOFT_SHUTDOWN_TIMEOUT, then running tasks are requeued at once). Celery's
+        # own soft shutdown is off: it sleeps its whole timeout in the signal handler, with the
+        # event loop stopped, even when the tasks end sooner.
+        worker_soft_shutdown_timeout=0.0,
+        worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
+        # Beat stamps each tick for systemd's watchdog (app.liveness); ticks at least every 5 s.
+        beat_scheduler="app.liveness:LivenessScheduler",
+        beat_max_loop_interval=5,
         # Periodic tasks (celery beat), all times UTC
         beat_schedule={
             "expire-old-quotes": {
@@ -245,6 +252,8 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+# READY/WATCHDOG/STATUS for systemd, once the consumer consumes (app.liveness).
+celery_app.steps["consumer"].add(liveness.WorkerLiveness)
 
 
 @signals.setup_logging.connect

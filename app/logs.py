@@ -65,3 +65,9 @@ def configure(fmt: str = "json", level: str | int = "INFO", logfile: str | None 
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def flush() -> None:
+    """Flush the root logger's handlers (before an os._exit, which skips it)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -1,0 +1,167 @@
+"""sd_notify from a real worker (app/liveness.py): READY once consuming, WATCHDOG only while alive,
+STATUS, STOPPING; and the stop guard: a task still running after the grace goes back to its queue
+at once. The socket is a real AF_UNIX datagram socket, as systemd's is (NOTIFY_SOCKET)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import ENV, ROOT, WORK, worker_argv
+from services import RedisServer, wait_for
+from test_worker_lifecycle import counts
+
+from app.celery_app import celery_app
+
+BROKER_DB, RESULT_DB = 6, 7
+
+
+class NotifySocket:
+    """What systemd's notify socket would receive, message by message."""
+
+    def __init__(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                return self.messages
+
+    def wait(self, what: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.drain():
+                if what in message:
+                    return message
+        raise AssertionError(f"no {what!r} in {timeout} s; got {self.messages[-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+class NotifiedWorker:
+    def __init__(self, redis_server: RedisServer, pool: str, grace: int) -> None:
+        self.redis = redis_server
+        self.notify = NotifySocket(WORK / f"notify-{pool}.sock")
+        self.env = {
+            **os.environ,
+            **ENV,
+            "APP_BROKER_URL": redis_server.url(BROKER_DB),
+            "APP_RESULT_BACKEND": redis_server.url(RESULT_DB),
+            "APP_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(grace),
+            "NOTIFY_SOCKET": str(self.notify.path),
+            "WATCHDOG_USEC": "2000000",  # the watchdog thread then reports every 0.5 s
+        }
+        argv = worker_argv(f"live-{pool}", 2, "--without-mingle")
+        argv[argv.index("-P") + 1] = pool
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=(WORK / f"live-{pool}.log").open("ab"),
+            env=self.env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def send_probe(self, token: str, sleep: float) -> None:
+        with celery_app.connection_for_write(self.redis.url(BROKER_DB)) as conn:
+            celery_app.send_task("ops.probe", [token], {"sleep_seconds": sleep}, connection=conn)
+
+    def queued(self, queue: str) -> int:
+        client = redis.Redis.from_url(self.redis.url(BROKER_DB))
+        return int(client.llen(queue))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.notify.close()
+
+
+@pytest.fixture
+def notified(database: Any, redis_server: RedisServer) -> Iterator[Any]:
+    started: list[NotifiedWorker] = []
+
+    def start(pool: str, grace: int = 30) -> NotifiedWorker:
+        redis.Redis.from_url(redis_server.url(BROKER_DB)).flushdb()
+        worker = NotifiedWorker(redis_server, pool, grace)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+def test_ready_status_and_watchdog_only_while_alive(notified: Any) -> None:
+    worker = notified("prefork")
+    ready = worker.notify.wait("READY=1", 90)
+    assert "STATUS=consuming " in ready and "default" in ready, ready
+    status = worker.notify.wait("WATCHDOG=1", 10)
+    assert "STATUS=consuming data_processing,default,maintenance,notifications,pricing" in status
+    # SIGSTOP of the main process: not one WATCHDOG=1 while it is stopped.
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    time.sleep(0.5)
+    worker.notify.drain()
+    seen = len(worker.notify.messages)
+    time.sleep(4)
+    assert not [m for m in worker.notify.drain()[seen:] if "WATCHDOG=1" in m]
+    os.kill(worker.proc.pid, signal.SIGCONT)
+    worker.notify.wait("WATCHDOG=1", 10)
+    # systemctl stop: STOPPING=1, then the process exits on its own.
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.notify.wait("STOPPING=1", 10)
+    assert worker.proc.wait(60) == 0
+
+
+def test_watchdog_stops_when_the_broker_hangs(notified: Any, redis_server: RedisServer) -> None:
+    """The broker hangs (SIGSTOP of redis-server): the watchdog is not fed until it answers."""
+    worker = notified("threads")
+    worker.notify.wait("WATCHDOG=1", 90)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        message = worker.notify.wait("STATUS=not alive: ", 15)
+        assert "broker does not answer" in message or "event loop silent" in message, message
+        seen = len(worker.notify.drain())
+        time.sleep(3)
+        assert not [m for m in worker.notify.drain()[seen:] if "WATCHDOG=1" in m]
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    worker.notify.wait("WATCHDOG=1", 60)
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_stop_requeues_a_task_still_running_after_the_grace(notified: Any, pool: str) -> None:
+    """SIGTERM during a 60 s task with a 3 s grace: the worker exits within seconds and the
+    message is back in its queue at once (not after the visibility timeout); never completed."""
+    worker = notified(pool, grace=3)
+    worker.notify.wait("READY=1", 90)
+    token = uuid.uuid4().hex
+    worker.send_probe(token, sleep=60)
+    wait_for(lambda: counts(token) == (1, 0), 30, "probe started")
+    assert worker.queued("default") == 0
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    took = time.monotonic() - started
+    assert 3 <= took < 15, took
+    assert worker.queued("default") == 1  # back at the head of its queue
+    assert counts(token) == (1, 0)  # the first run was stopped, not completed
