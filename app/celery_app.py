@@ -16,7 +16,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app import db, liveness, logs
+from app import broker, db, liveness, logs
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
 from app.settings import get_settings
 
@@ -252,6 +252,7 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+assert broker  # imported for its patch of kombu's Redis QoS (a full broker loses no message)
 # READY/WATCHDOG/STATUS for systemd, once the consumer consumes (app.liveness).
 celery_app.steps["consumer"].add(liveness.WorkerLiveness)
 

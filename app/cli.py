@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # connection errors and the like: one clear line, no traceback
-        print(f"taskctl: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from app.broker import explain_refusal
+
+        reason = explain_refusal(exc) or f"{type(exc).__name__}: {exc}"
+        print(f"taskctl: {args.command} failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -155,6 +155,13 @@ def _describe_worker(consumer: Any) -> Callable[[], str]:
     return describe
 
 
+def waiting(reason: str) -> None:
+    """The worker's loop is deliberately held (e.g. broker full): alive, and says why."""
+    if _worker_liveness is not None:
+        _worker_liveness.last_stamp = time.monotonic()
+        notify(f"STATUS={reason}")
+
+
 class WorkerLiveness(bootsteps.StartStopStep):
     """Consumer bootstep: stamps the event loop once the consumer is consuming."""
 

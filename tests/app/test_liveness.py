@@ -165,3 +165,58 @@ def test_stop_requeues_a_task_still_running_after_the_grace(notified: Any, pool:
     assert 3 <= took < 15, took
     assert worker.queued("default") == 1  # back at the head of its queue
     assert counts(token) == (1, 0)  # the first run was stopped, not completed
+
+
+def test_a_full_broker_loses_no_message_and_wedges_no_worker(
+    notified: Any, redis_server: RedisServer
+) -> None:
+    """Redis at maxmemory (noeviction) while a consumer pops: the message is held and recorded
+    once writes are accepted again; the worker keeps its watchdog fed and says why; all complete."""
+    worker = notified("prefork")
+    worker.notify.wait("WATCHDOG=1", 90)
+    tokens = [uuid.uuid4().hex for _ in range(20)]
+    admin = redis.Redis.from_url(redis_server.url(0))
+    os.kill(worker.proc.pid, signal.SIGSTOP)  # its BRPOP is already waiting at Redis
+    try:
+        for token in tokens:
+            worker.send_probe(token, sleep=0.1)
+        admin.config_set("maxmemory", "1")  # every write refused from now: OOM
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+    try:
+        held = worker.notify.wait("broker full (OOM): holding 1 message", 20)
+        assert held
+        time.sleep(8)  # longer than the loop's staleness bound: still fed, not wedged
+        messages = worker.notify.drain()
+        assert any("WATCHDOG=1" in m for m in messages[-8:]), messages[-8:]
+    finally:
+        admin.config_set("maxmemory", "0")
+    wait_for(
+        lambda: all(counts(t) == (1, 1) for t in tokens), 90, "every probe completed", interval=0.5
+    )
+    assert worker.proc.poll() is None  # the same process consumed on
+
+
+def test_taskctl_names_a_full_broker(redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(redis_server.url(0))
+    env = {**os.environ, **ENV, "APP_BROKER_URL": redis_server.url(BROKER_DB)}
+    admin.config_set("maxmemory", "1")
+    try:
+        proc = subprocess.run(
+            [
+                str(Path(os.sys.executable).parent / "taskctl"),
+                "submit",
+                "ops.probe",
+                "--args",
+                '["x"]',
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert proc.returncode == 1
+    assert "the broker is full: Redis is at its maxmemory" in proc.stderr, proc.stderr
