@@ -1,4 +1,5 @@
-"""Kombu's Redis transport with one loss closed: a message popped while the broker is full.
+"""Kombu's Redis transport with two losses closed: a message popped just before the broker
+refused writes (full) or went away (crashed), and an ack sent while it was away.
 
 A consumer takes a message with BRPOP (allowed at `maxmemory`: it frees memory) and only then
 records it in the `unacked` hash (HSET/ZADD: refused with OOM under `noeviction`). Unpatched, the
@@ -6,12 +7,16 @@ refusal drops the message (in neither the queue nor `unacked`) and the exception
 consumer for good while the process stays up (Celery #5716). Here the consumer holds the message
 and retries the record until the broker accepts writes again, keeping systemd's watchdog fed
 (it is deliberately waiting, not wedged) and saying why on its STATUS line. Once recorded the
-message is safe whatever happens to the worker. Imported for its effect by app.celery_app.
+message is safe whatever happens to the worker. The same holds for a broker that crashed between
+the pop and the record (Redis restarts in about a second): the record is retried for up to
+BROKER_GONE_WAIT seconds, and so is an ack, which lost would run a finished task again after the
+visibility timeout. Imported for its effect by app.celery_app.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -21,28 +26,55 @@ from app import liveness, logs
 
 log = logs.get_logger(__name__)
 
+# A broker that went away (crashed, restarting) is waited for this long before giving up: under
+# systemd's watchdog (20 s), which a broker that does not answer stops feeding.
+BROKER_GONE_WAIT = 15.0
+
 _record_unacked = kombu_redis.QoS.append
+_remove_unacked = kombu_redis.QoS.ack
 
 
-def _append_waiting_out_oom(self: Any, message: Any, delivery_tag: Any) -> Any:
+def _holding(what: str, call: Callable[[], Any]) -> Any:
+    """call() until the broker takes it: forever while it is full (it answers, it refuses),
+    BROKER_GONE_WAIT while it does not answer."""
     started = time.monotonic()
-    delay, logged = 0.2, 0.0
+    delay, logged = 0.2, -10.0
+    error: redis.exceptions.RedisError
     while True:
         try:
-            return _record_unacked(self, message, delivery_tag)
+            return call()
         except redis.exceptions.OutOfMemoryError as exc:
-            held = time.monotonic() - started
-            liveness.waiting(f"broker full (OOM): holding 1 message for {held:.0f} s")
-            if held - logged >= 10 or logged == 0.0:
-                logged = held or 0.001
-                log.error(
-                    "broker_full_holding_message", held_seconds=round(held, 1), error=str(exc)
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            reason, error = "broker full (OOM)", exc
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if time.monotonic() - started > BROKER_GONE_WAIT:
+                raise
+            reason, error = "broker gone", exc
+        held = time.monotonic() - started
+        liveness.waiting(f"{reason}: holding {what} for {held:.0f} s")
+        if held - logged >= 10:
+            logged = held
+            log.error(
+                "broker_refused_holding",
+                what=what,
+                reason=reason,
+                held_seconds=round(held, 1),
+                error=str(error)[:300],
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
-kombu_redis.QoS.append = _append_waiting_out_oom
+def _append(self: Any, message: Any, delivery_tag: Any) -> Any:
+    return _holding("1 message", lambda: _record_unacked(self, message, delivery_tag))
+
+
+def _ack(self: Any, delivery_tag: Any) -> Any:
+    # An ack lost to a Redis restart would leave a finished task in `unacked`: run twice later.
+    return _holding("1 ack", lambda: _remove_unacked(self, delivery_tag))
+
+
+kombu_redis.QoS.append = _append  # type: ignore[method-assign]
+kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
 
 
 def explain_refusal(exc: BaseException) -> str | None:

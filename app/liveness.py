@@ -20,6 +20,7 @@ well before systemd's TimeoutStopSec would SIGKILL it. docs/RELIABILITY.md, "Sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,7 +46,7 @@ BROKER_PING_TIMEOUT = 5.0
 
 
 def notify(message: str) -> bool:
-    """Send one sd_notify message ("READY=1", "STATUS=...", several lines at once); False if none."""
+    """Send one sd_notify message ("READY=1", "STATUS=...", or several lines); False if none."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -150,7 +151,8 @@ def _describe_worker(consumer: Any) -> Callable[[], str]:
     def describe() -> str:
         queues = sorted(q.name for q in getattr(consumer.task_consumer, "queues", None) or [])
         processed = sum(state.total_count.values())
-        return f"consuming {','.join(queues) or '-'}, {len(state.active_requests)} active, {processed} processed"
+        active = len(state.active_requests)
+        return f"consuming {','.join(queues) or '-'}, {active} active, {processed} processed"
 
     return describe
 
@@ -206,10 +208,8 @@ def _stop_guard() -> None:
     notify(f"STATUS=stop grace of {grace} s over: requeueing {len(running)} running task(s)")
     # Pool children first, so that no task finishes (and acks) after its message went back.
     for pid in {r.worker_pid for r in running if r.worker_pid and r.worker_pid != os.getpid()}:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
     for request in running:
         try:
             request.message.channel.basic_reject(request.message.delivery_tag, requeue=True)
@@ -219,7 +219,7 @@ def _stop_guard() -> None:
                 task_name=request.name,
                 grace_seconds=grace,
             )
-        except Exception as exc:  # noqa: BLE001 - the visibility timeout still brings it back
+        except Exception as exc:  # the visibility timeout still brings it back
             log.error("task_requeue_failed", task_id=request.id, error=str(exc)[:300])
     logs.flush()
     os._exit(0)

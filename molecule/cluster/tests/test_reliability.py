@@ -92,10 +92,11 @@ def host_of(row: dict[str, Any]) -> tuple[str, str]:
 
 @pytest.mark.parametrize("trial", TRIALS)
 def test_restart_instance_while_task_runs(cluster_restored: Any, trial: int) -> None:
-    """`systemctl restart celery-worker@pricing` on the host running a task: it finishes there."""
+    """`systemctl restart celery-worker@pricing` on the host running a task shorter than the stop
+    grace (10 s here): it finishes there."""
     ops1 = cluster_restored
     prefix = new_prefix("restart")
-    send(ops1, [(f"{prefix}-0", "pricing")], sleep_seconds=12)
+    send(ops1, [(f"{prefix}-0", "pricing")], sleep_seconds=6)
     (row,) = wait_running(ops1, prefix)
     _, hostname = host_of(row)
     worker = other_host(hostname)
@@ -224,20 +225,43 @@ def test_worker_host_stopped(cluster_restored: Any, trial: int) -> None:
     wait_healthy("worker2")
 
 
-@pytest.mark.skipif(
-    not os.environ.get("RELIABILITY_PARTITION"),
-    reason="known loss window of kombu's Redis transport (docs/RELIABILITY.md); bench only",
+@pytest.mark.xfail(
+    strict=True,
+    reason="known loss window of kombu's Redis transport: a message that a BRPOP of the cut-off "
+    "host takes is in neither the queue nor unacked (docs/RELIABILITY.md); strict, so that "
+    "closing the window turns this red until the mark goes",
 )
-@pytest.mark.parametrize("trial", TRIALS)
-def test_worker_host_cut_off(cluster_restored: Any, trial: int) -> None:
-    """worker2 cut off the network (a partition): every queue is still served, by worker1."""
+def test_worker_host_cut_off(cluster_restored: Any) -> None:
+    """worker2 cut off the network (a partition) while probes stream to every queue: every
+    queue is still served by worker1, and no probe may be lost."""
     ops1 = cluster_restored
+    prefix = new_prefix("cut")
+    sent = [0]
+    stop = threading.Event()
+
+    def stream() -> None:
+        # Several messages a second on every queue, so that worker2's consumers have a BRPOP
+        # waiting at Redis when the cable goes (the window the test is about).
+        while not stop.is_set():
+            batch = [
+                (f"{prefix}-{sent[0] + i}", QUEUES[(sent[0] + i) % len(QUEUES)]) for i in range(25)
+            ]
+            send(ops1, batch, sleep_seconds=0)
+            sent[0] += len(batch)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    time.sleep(4)
     lab("cut", "worker2")
     try:
-        served_without(ops1, "worker host cut off")
+        time.sleep(6)
+        stop.set()
+        streamer.join(120)
+        c = wait_done(ops1, prefix, sent[0], 180, "worker host cut off (partition)")
     finally:
         lab("restore", "worker2")
     wait_healthy("worker2")
+    assert (c["lost"], c["duplicated"]) == (0, 0), c
 
 
 def roll_under_load(ops1: Any, playbook: str) -> None:
