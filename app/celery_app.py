@@ -16,7 +16,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app import broker, db, liveness, logs
+from app import broker, db, liveness, logs, threadlimits
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
 from app.settings import get_settings
 
@@ -290,14 +290,19 @@ def _unbind_task_context(**kwargs: Any) -> None:
 
 
 @signals.worker_init.connect
-def _size_connection_pool(sender: Any = None, **kwargs: Any) -> None:
+def _set_up_pool(sender: Any = None, **kwargs: Any) -> None:
     # A threads worker runs `concurrency` tasks at once in one process, each with its own
-    # connection: keep that many open rather than reconnecting per task. Prefork children and
-    # solo run one task at a time (the default pool size covers them).
+    # connection: keep that many open rather than reconnecting per task. Prefork children run
+    # one task at a time (the default pool size covers them).
     pool = getattr(sender, "pool_cls", "")
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "thread" in name and getattr(sender, "concurrency", None):
         db.set_pool_size(int(sender.concurrency))
+    if "thread" in name:
+        # Celery enforces no time limit on the threads pool: app.threadlimits does.
+        threadlimits.enable(
+            getattr(sender, "soft_time_limit", None), getattr(sender, "time_limit", None)
+        )
 
 
 @signals.worker_process_init.connect

@@ -66,8 +66,10 @@ def probe(
         os.kill(os.getpid(), signal.SIGKILL)
     if runs <= fail_times:
         raise TemporaryError(f"probe {token}: planned failure {runs} of {fail_times}")
-    if sleep:
-        time.sleep(sleep)
+    # In slices, like a task of bounded calls: a time limit on the threads pool lands between them.
+    deadline = time.monotonic() + sleep
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.1, left))
     with session_scope() as session:
         completions = session.execute(
             update(TaskProbe)

@@ -57,7 +57,9 @@ class NotifySocket:
 
 
 class NotifiedWorker:
-    def __init__(self, redis_server: RedisServer, pool: str, grace: int) -> None:
+    def __init__(
+        self, redis_server: RedisServer, pool: str, grace: int, extra_env: dict[str, str]
+    ) -> None:
         self.redis = redis_server
         self.notify = NotifySocket(WORK / f"notify-{pool}.sock")
         self.env = {
@@ -68,13 +70,15 @@ class NotifiedWorker:
             "APP_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(grace),
             "NOTIFY_SOCKET": str(self.notify.path),
             "WATCHDOG_USEC": "2000000",  # the watchdog thread then reports every 0.5 s
+            **extra_env,
         }
         argv = worker_argv(f"live-{pool}", 2, "--without-mingle")
         argv[argv.index("-P") + 1] = pool
+        self.log = WORK / f"live-{pool}-{uuid.uuid4().hex[:6]}.log"
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.DEVNULL,
-            stderr=(WORK / f"live-{pool}.log").open("ab"),
+            stderr=self.log.open("ab"),
             env=self.env,
             cwd=ROOT,
             start_new_session=True,
@@ -99,9 +103,9 @@ class NotifiedWorker:
 def notified(database: Any, redis_server: RedisServer) -> Iterator[Any]:
     started: list[NotifiedWorker] = []
 
-    def start(pool: str, grace: int = 30) -> NotifiedWorker:
+    def start(pool: str, grace: int = 30, **env: str) -> NotifiedWorker:
         redis.Redis.from_url(redis_server.url(BROKER_DB)).flushdb()
-        worker = NotifiedWorker(redis_server, pool, grace)
+        worker = NotifiedWorker(redis_server, pool, grace, env)
         started.append(worker)
         return worker
 
@@ -220,3 +224,26 @@ def test_taskctl_names_a_full_broker(redis_server: RedisServer) -> None:
         admin.config_set("maxmemory", "0")
     assert proc.returncode == 1
     assert "the broker is full: Redis is at its maxmemory" in proc.stderr, proc.stderr
+
+
+def test_soft_time_limit_holds_on_the_threads_pool(notified: Any) -> None:
+    """Celery ignores time limits on the threads pool; app.threadlimits raises the soft one in
+    the task's thread: the task stops at its limit (FAILURE), it never completes."""
+    worker = notified("threads", APP_TASK_SOFT_TIME_LIMIT="2", APP_TASK_TIME_LIMIT="60")
+    worker.notify.wait("READY=1", 90)
+    token = uuid.uuid4().hex
+    worker.send_probe(token, sleep=20)
+    wait_for(lambda: counts(token) == (1, 0), 30, "probe started")
+    started = time.monotonic()
+    wait_for(
+        lambda: "SoftTimeLimitExceeded" in worker.log.read_text(),
+        10,
+        "the soft limit",
+        interval=0.2,
+    )
+    assert time.monotonic() - started < 5
+    text = worker.log.read_text()
+    assert "soft_time_limit_exceeded" in text and "raised unexpected: SoftTimeLimitExceeded" in text
+    time.sleep(20)
+    assert counts(token) == (1, 0)  # stopped, never completed
+    worker.notify.wait("WATCHDOG=1", 5)  # the instance itself is fine
