@@ -203,6 +203,12 @@ def make_celery() -> Celery:
         broker_connection_max_retries=None,
         broker_transport_options={
             "visibility_timeout": s.visibility_timeout,
+            # Each instance group (NAME on every host) records what it took in its own hash,
+            # swept with its own visibility timeout: a short queue's work comes back in minutes
+            # while a batch instance's hour-long task is not handed out twice.
+            "unacked_key": s.unacked_key,
+            "unacked_index_key": f"{s.unacked_key}_index",
+            "unacked_mutex_key": f"{s.unacked_key}_mutex",
             # Look for messages of lost workers (older than the visibility timeout) every 10 s,
             # not every 100 s (kombu's default throttle of 10 sweeps).
             "unacked_restore_interval": 10,

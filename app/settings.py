@@ -7,6 +7,7 @@ The names and defaults are the contract of docs/DESIGN.md (the deploy roles rend
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -77,6 +78,7 @@ class Settings:
     task_soft_time_limit: int
     task_time_limit: int
     visibility_timeout: int
+    unacked_key: str
     worker_soft_shutdown_timeout: int
     task_max_deliveries: int
     beat_interval_override: int
@@ -107,6 +109,9 @@ class Settings:
             task_soft_time_limit=_int("APP_TASK_SOFT_TIME_LIMIT", 300, minimum=1),
             task_time_limit=_int("APP_TASK_TIME_LIMIT", 360, minimum=1),
             visibility_timeout=_int("APP_VISIBILITY_TIMEOUT", 3600, minimum=1),
+            # A worker instance's own unacked bookkeeping (kombu's unacked_key), swept with its
+            # own visibility timeout: unacked:NAME per instance (roles/celery_worker).
+            unacked_key=_str("APP_UNACKED_KEY", "unacked"),
             worker_soft_shutdown_timeout=_int("APP_WORKER_SOFT_SHUTDOWN_TIMEOUT", 30),
             task_max_deliveries=_int("APP_TASK_MAX_DELIVERIES", 3, minimum=1),
             # 0: the real schedule; N: every beat entry every N seconds (lab and tests only).
@@ -127,6 +132,8 @@ class Settings:
                 f"APP_VISIBILITY_TIMEOUT={self.visibility_timeout} must be above "
                 f"APP_TASK_TIME_LIMIT={self.task_time_limit}"
             )
+        if not re.fullmatch(r"[A-Za-z0-9:_.-]{1,100}", self.unacked_key):
+            raise SettingsError(f"APP_UNACKED_KEY={self.unacked_key!r}: letters, digits, :_.- only")
         for name, url, schemes in (
             ("APP_BROKER_URL", self.broker_url, ("redis://", "rediss://")),
             ("APP_RESULT_BACKEND", self.result_backend, ("redis://", "rediss://")),

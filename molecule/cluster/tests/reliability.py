@@ -86,7 +86,7 @@ import json
 from sqlalchemy import text
 from app.db import session_scope
 with session_scope() as s:
-    rows = s.execute(text("select token, runs, completions, worker, workers from task_probes"
+    rows = s.execute(text("select token, queue, runs, completions, worker, workers from task_probes"
                           " where token like :p order by token"), {{"p": "{prefix}-%"}}).all()
 print(json.dumps([dict(r._mapping) for r in rows]))
 """  # noqa: S608

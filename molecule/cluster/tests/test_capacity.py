@@ -19,8 +19,13 @@ testinfra_hosts = ["worker1"]
 # 2 x 46 pool processes: far beyond the scenario's max_connections (48, host_vars/data1.yml).
 TOO_MANY = [
     {"name": "pricing", "queues": ["pricing"], "pool": "prefork", "concurrency": 40},
-    {"name": "notifications", "queues": ["notifications"], "pool": "threads", "concurrency": 4},
-    {"name": "batch", "queues": ["default", "data_processing", "maintenance"], "pool": "prefork"},
+    {
+        "name": "notifications",
+        "queues": ["notifications", "default"],
+        "pool": "threads",
+        "concurrency": 4,
+    },
+    {"name": "batch", "queues": ["data_processing", "maintenance"], "pool": "prefork"},
 ]
 
 

@@ -26,6 +26,7 @@ from reliability import (
     all_nodes,
     counts,
     instance_states,
+    lab,
     main_pid,
     missing_probes,
     new_prefix,
@@ -184,8 +185,11 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     ops1 = healed
     ORIGINAL_MAXMEMORY["value"] = broker_admin("CONFIG GET maxmemory").splitlines()[-1]
     pids = {w: main_pid(other_host(w), "celery-worker@pricing") for w in WORKERS}
+    backlog = new_prefix("fullbacklog")
     with Load(ops1, "brokerfull") as load:
         time.sleep(8)
+        # A backlog, so that the consumers are popping messages when writes start to fail.
+        send_many(ops1, backlog, 300, QUEUES, sleep_seconds=0.2)
         info = broker_admin("INFO memory")
         used = int(info.split("used_memory:", 1)[1].split()[0])
         broker_admin(f"CONFIG SET maxmemory {used // 2}")  # full now: writes refused
@@ -198,11 +202,13 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     c_after = wait_done(ops1, after, len(QUEUES), 60, "new tasks after the broker was freed")
     recovered = time.monotonic() - freed
     c = wait_done(ops1, load.prefix, load.sent, 240, "broker full for 30 s under load")
+    c_backlog = wait_done(ops1, backlog, 300, 240, "backlog consumed while the broker was full")
     figure(
         f"RELIABILITY broker full: {load.refused} refused at publish (producer told), "
         f"new tasks done {recovered:.0f} s after memory was freed"
     )
     assert (c_after["lost"], c["lost"], c["duplicated"]) == (0, 0, 0), (c_after, c)
+    assert (c_backlog["lost"], c_backlog["duplicated"]) == (0, 0), c_backlog
     assert load.refused > 0, "the broker was never full: the fault was not injected"
     for name in WORKERS:
         assert instance_states(other_host(name)) == ["active"] * len(INSTANCES)
@@ -211,13 +217,23 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     print(f"pricing instances restarted by the watchdog meanwhile: {sorted(restarted) or 'none'}")
 
 
+@pytest.mark.timeout(1200)
 def test_redis_sigkill_with_1500_in_flight(healed: Any) -> None:
     """SIGKILL of redis-server while the consumers work through 1,500 probes: systemd restarts
     it from its AOF; 0 lost, 0 completed twice."""
     ops1 = healed
     n = 1500
     prefix = new_prefix("redissigkill")
-    seconds = send_many(ops1, prefix, n, QUEUES)
+    # Queued while the instances are stopped (sending is slower than the fleet consumes), then
+    # Redis is killed once the consumers are well into them.
+    stop = "systemctl stop celery-workers.target 'celery-worker@*.service'"
+    for name in WORKERS:
+        other_host(name).check_output(stop)
+    try:
+        seconds = send_many(ops1, prefix, n, QUEUES, sleep_seconds=0.05)
+    finally:
+        for name in WORKERS:
+            other_host(name).check_output("systemctl start celery-workers.target")
     data1 = other_host("data1")
     deadline = time.monotonic() + 120
     while counts(ops1, prefix)["rows"] < 150 and time.monotonic() < deadline:
@@ -229,10 +245,66 @@ def test_redis_sigkill_with_1500_in_flight(healed: Any) -> None:
     while main_pid(data1, "redis-server") in (0, pid) and time.monotonic() - killed < 60:
         time.sleep(0.2)
     back = time.monotonic() - killed
-    c = wait_done(ops1, prefix, n, 600, f"Redis SIGKILL with {in_flight} in flight")
+    c = wait_done(ops1, prefix, n, 400, f"Redis SIGKILL with {in_flight} in flight")
     figure(
         f"RELIABILITY Redis SIGKILL: sent in {seconds:.0f} s, {in_flight} in flight, "
         f"Redis back in {back:.1f} s"
     )
     assert (c["lost"], c["duplicated"]) == (0, 0), (c, missing_probes(ops1, prefix, n))
     assert in_flight >= 1000, in_flight
+
+
+SHORT = ["pricing", "notifications", "default"]  # instances pricing, notifications: visibility 80 s
+LONG = ["data_processing", "maintenance"]  # instance batch: visibility 160 s
+
+
+@pytest.mark.timeout(900)
+def test_power_cut_short_queues_back_within_2_minutes(healed: Any) -> None:
+    """worker2 loses power with probes running on every queue: the short queues' in-flight work
+    completes on worker1 within 2 minutes (their own 80 s visibility timeout), batch's within its
+    own 160 s; nothing that worker1 runs is started twice; nothing lost."""
+    ops1 = healed
+    prefix = new_prefix("powercut")
+    tokens = [(f"{prefix}-{q}-{i}", q) for q in SHORT + LONG for i in range(6)]
+    send(ops1, tokens, sleep_seconds=10)
+    deadline = time.monotonic() + 60
+    on_worker2: set[str] = set()
+    while time.monotonic() < deadline:
+        rows = probes(ops1, prefix)
+        on_worker2 = {r["queue"] for r in rows if r["worker"].endswith("@worker2")}
+        if on_worker2 >= set(SHORT + LONG):
+            break
+        time.sleep(0.5)
+    assert on_worker2 >= set(SHORT + LONG), (
+        f"worker2 runs no probe of {set(SHORT + LONG) - on_worker2}"
+    )
+    lab("stop", "worker2", "--force")
+    cut = time.monotonic()
+    try:
+        done: dict[str, float] = {}
+        while time.monotonic() - cut < 300 and len(done) < 2:
+            rows = probes(ops1, prefix)
+            for group, queues in (("short", SHORT), ("long", LONG)):
+                mine = [r for r in rows if r["queue"] in queues]
+                if (
+                    group not in done
+                    and len(mine) == 6 * len(queues)
+                    and all(r["completions"] >= 1 for r in mine)
+                ):
+                    done[group] = time.monotonic() - cut
+            time.sleep(1)
+        c = wait_done(ops1, prefix, len(tokens), 60, "worker host power cut, probes on every queue")
+    finally:
+        lab("start", "worker2")
+    wait_healthy("worker2")
+    figure(
+        f"RELIABILITY power cut: short queues all done {done.get('short', -1):.0f} s after the cut "
+        f"(target 120), batch's {done.get('long', -1):.0f} s (its visibility 160 s)"
+    )
+    assert (c["lost"], c["duplicated"]) == (0, 0), c
+    assert done.get("short", 999) < 120, done
+    assert done.get("long", 999) < 160 + 60, done
+    twice = [
+        r for r in probes(ops1, prefix) if r["workers"][0].endswith("@worker1") and r["runs"] > 1
+    ]
+    assert not twice, f"started twice while the first run (on worker1) was alive: {twice}"
