@@ -130,8 +130,22 @@ def soft_above_hard(inv: dict[str, Any]) -> None:
     workers(inv)[0].update(soft_time_limit=400, time_limit=300)
 
 
-def hard_above_visibility(inv: dict[str, Any]) -> None:
-    workers(inv)[2].update(soft_time_limit=4000, time_limit=5000)
+def visibility_too_short(inv: dict[str, Any]) -> None:
+    # A retried task waits up to 32 s unacked before it runs: time_limit + 35 is the least.
+    workers(inv)[2].update(visibility_timeout=1830)
+
+
+def one_name_two_visibilities(inv: dict[str, Any]) -> None:
+    # worker2's pricing gets its own list with a longer limit: two sweeps of unacked:pricing.
+    instances = copy.deepcopy(workers(inv))
+    instances[0]["time_limit"] = 100
+    inv["all"]["children"]["celery_workers"]["hosts"]["worker2"] = {
+        "celery_worker_instances": instances
+    }
+
+
+def solo_pool(inv: dict[str, Any]) -> None:
+    workers(inv)[0]["pool"] = "solo"
 
 
 def one_worker_host_for_a_queue(inv: dict[str, Any]) -> None:
@@ -156,7 +170,19 @@ CASES = {
     "duplicate names": (duplicate_names, "with unique names"),
     "unknown pool": (unknown_pool, "(got gevent)"),
     "soft limit above hard": (soft_above_hard, "soft_time_limit (400) < time_limit (300)"),
-    "hard limit above visibility": (hard_above_visibility, "celery_app_visibility_timeout (3600)"),
+    "visibility timeout too short for the limit": (
+        visibility_too_short,
+        "visibility_timeout (1830",
+    ),
+    "one instance name, two visibility timeouts": (
+        one_name_two_visibilities,
+        "Instance pricing has the visibility timeouts 90, 145",
+    ),
+    "solo pool (no time limits)": (solo_pool, "(got solo)"),
+    "redis appendfsync no": (
+        lambda i: set_all(i, redis_appendfsync="no"),
+        "redis_appendfsync must be always or everysec",
+    ),
     "public flower address": (
         lambda i: set_all(i, flower_address="8.8.8.8"),
         "flower_address 8.8.8.8 is not a private",
