@@ -1,5 +1,5 @@
-"""Kombu's Redis transport with two losses closed: a message popped just before the broker
-refused writes (full) or went away (crashed), and an ack sent while it was away.
+"""Kombu's Redis transport with one loss closed: a message popped just before the broker refused
+writes (full) or went away (crashed).
 
 A consumer takes a message with BRPOP (allowed at `maxmemory`: it frees memory) and only then
 records it in the `unacked` hash (HSET/ZADD: refused with OOM under `noeviction`). Unpatched, the
@@ -9,8 +9,10 @@ and retries the record until the broker accepts writes again, keeping systemd's 
 (it is deliberately waiting, not wedged) and saying why on its STATUS line. Once recorded the
 message is safe whatever happens to the worker. The same holds for a broker that crashed between
 the pop and the record (Redis restarts in about a second): the record is retried for up to
-BROKER_GONE_WAIT seconds, and so is an ack, which lost would run a finished task again after the
-visibility timeout. Imported for its effect by app.celery_app.
+BROKER_GONE_WAIT seconds. Acks are deliberately not held: on a lost connection Celery terminates
+the running tasks and acks them, counting on that ack to fail so that the visibility timeout
+brings them back; an ack held until Redis returned deleted them (measured: lost tasks).
+Imported for its effect by app.celery_app.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ log = logs.get_logger(__name__)
 BROKER_GONE_WAIT = 15.0
 
 _record_unacked = kombu_redis.QoS.append
-_remove_unacked = kombu_redis.QoS.ack
 
 
 def _holding(what: str, call: Callable[[], Any]) -> Any:
@@ -68,13 +69,7 @@ def _append(self: Any, message: Any, delivery_tag: Any) -> Any:
     return _holding("1 message", lambda: _record_unacked(self, message, delivery_tag))
 
 
-def _ack(self: Any, delivery_tag: Any) -> Any:
-    # An ack lost to a Redis restart would leave a finished task in `unacked`: run twice later.
-    return _holding("1 ack", lambda: _remove_unacked(self, delivery_tag))
-
-
 kombu_redis.QoS.append = _append  # type: ignore[method-assign]
-kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
 
 
 def explain_refusal(exc: BaseException) -> str | None:

@@ -38,14 +38,22 @@ def queue_lengths(client: redis.Redis | None = None) -> dict[str, int]:
     return {q: int(sum(sizes[i * step : (i + 1) * step])) for i, q in enumerate(QUEUES)}
 
 
-def unacked_count(client: redis.Redis | None = None) -> int | None:
-    """Messages delivered to workers and not yet acknowledged (kombu's `unacked` hash).
+def unacked_keys(client: redis.Redis | None = None) -> list[str]:
+    """kombu's unacked hashes: `unacked:NAME` of each worker instance name (and a plain
+    `unacked` left by a worker without APP_UNACKED_KEY)."""
+    client = client or broker_redis()
+    keys = client.scan_iter(match="unacked*", count=1000, _type="HASH")
+    return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in keys)
 
-    None if the Redis user may not run HLEN (the count is informative, not a health criterion).
+
+def unacked_count(client: redis.Redis | None = None) -> int | None:
+    """Messages delivered to workers and not yet acknowledged, over every unacked hash.
+
+    None if the Redis user may not run SCAN or HLEN (informative, not a health criterion).
     """
     client = client or broker_redis()
     try:
-        return int(client.hlen("unacked"))
+        return sum(int(client.hlen(key)) for key in unacked_keys(client))
     except redis.exceptions.NoPermissionError:
         return None
 

@@ -20,6 +20,7 @@ from conftest import ENV, ROOT, WORK, worker_argv
 from services import RedisServer, wait_for
 from test_worker_lifecycle import counts
 
+from app import health
 from app.celery_app import celery_app
 
 BROKER_DB, RESULT_DB = 6, 7
@@ -156,18 +157,23 @@ def test_watchdog_stops_when_the_broker_hangs(notified: Any, redis_server: Redis
 def test_stop_requeues_a_task_still_running_after_the_grace(notified: Any, pool: str) -> None:
     """SIGTERM during a 60 s task with a 3 s grace: the worker exits within seconds and the
     message is back in its queue at once (not after the visibility timeout); never completed."""
-    worker = notified(pool, grace=3)
+    worker = notified(pool, grace=3, APP_UNACKED_KEY=f"unacked:live-{pool}")
     worker.notify.wait("READY=1", 90)
     token = uuid.uuid4().hex
     worker.send_probe(token, sleep=60)
     wait_for(lambda: counts(token) == (1, 0), 30, "probe started")
     assert worker.queued("default") == 0
+    # Recorded in the instance's own unacked hash, which the health count finds.
+    broker = redis.Redis.from_url(worker.redis.url(BROKER_DB))
+    assert broker.hlen(f"unacked:live-{pool}") == 1 and not broker.exists("unacked")
+    assert health.unacked_count(broker) == 1
     started = time.monotonic()
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(30) == 0
     took = time.monotonic() - started
     assert 3 <= took < 15, took
     assert worker.queued("default") == 1  # back at the head of its queue
+    assert broker.hlen(f"unacked:live-{pool}") == 0
     assert counts(token) == (1, 0)  # the first run was stopped, not completed
 
 

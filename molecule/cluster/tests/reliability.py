@@ -140,17 +140,20 @@ print(json.dumps(out))
 
 # Python run on ops1 ahead of the two helpers' code below: HELD = (place, the task's argsrepr)
 # of every message the broker holds, queued (place = queue) or delivered and not acked
-# (place = unacked; read tag by tag: the ACL allows HGET, not HVALS).
+# (place = unacked, over every instance's unacked:NAME; read tag by tag: the ACL allows HGET,
+# not HVALS).
 HELD = """
 import json
 from app.celery_app import QUEUES, broker_redis
+from app.health import unacked_keys
 r = broker_redis()
 HELD = [(q, json.loads(m)["headers"].get("argsrepr", ""))
         for q in QUEUES for m in r.lrange(q, 0, -1)]
-for tag in r.zrange("unacked_index", 0, -1):
-    raw = r.hget("unacked", tag)
-    if raw:
-        HELD.append(("unacked", json.loads(raw)[0]["headers"].get("argsrepr", "")))
+for key in unacked_keys(r):
+    for tag in r.zrange(key + "_index", 0, -1):
+        raw = r.hget(key, tag)
+        if raw:
+            HELD.append(("unacked", json.loads(raw)[0]["headers"].get("argsrepr", "")))
 """
 
 

@@ -225,12 +225,6 @@ def test_worker_host_stopped(cluster_restored: Any, trial: int) -> None:
     wait_healthy("worker2")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known loss window of kombu's Redis transport: a message that a BRPOP of the cut-off "
-    "host takes is in neither the queue nor unacked (docs/RELIABILITY.md); strict, so that "
-    "closing the window turns this red until the mark goes",
-)
 def test_worker_host_cut_off(cluster_restored: Any) -> None:
     """worker2 cut off the network (a partition) while probes stream to every queue: every
     queue is still served by worker1, and no probe may be lost."""
@@ -261,7 +255,13 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
     finally:
         lab("restore", "worker2")
     wait_healthy("worker2")
-    assert (c["lost"], c["duplicated"]) == (0, 0), c
+    assert c["duplicated"] == 0, c
+    # The known window (docs/RELIABILITY.md, "A worker host cut off"): a message that a BRPOP of
+    # worker2 took as the cable went is in neither the queue nor unacked; one per consumer
+    # connection of worker2 (3 instances) at most. More is a regression.
+    assert c["lost"] <= 3, c
+    if c["lost"]:
+        pytest.xfail(f"known loss window of a partition: {c['lost']} of {sent[0]} lost")
 
 
 def roll_under_load(ops1: Any, playbook: str) -> None:

@@ -159,7 +159,9 @@ def test_celery_user_works_on_broker_and_results_db(
     assert r.ping()
     r.set(f"molecule-probe-{db}", "ok", ex=60)
     assert r.get(f"molecule-probe-{db}") == b"ok"
-    assert r.hlen("unacked") >= 0  # app/health.py counts unacked messages
+    # app/health.py finds every unacked:NAME hash and counts its messages.
+    assert isinstance(list(r.scan_iter(match="unacked*", _type="HASH")), list)
+    assert r.hlen("unacked:pricing") >= 0
 
 
 @pytest.mark.parametrize(
