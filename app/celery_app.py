@@ -187,8 +187,10 @@ def make_celery() -> Celery:
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1000,
         worker_deduplicate_successful_tasks=True,
-        task_soft_time_limit=s.task_soft_time_limit,
-        task_time_limit=s.task_time_limit,
+        # No task_soft_time_limit/task_time_limit here: a producer with them set puts its own
+        # limits in every message's header (send_task merges the local task's options), and the
+        # header beats the worker's. The worker instance's limits rule: its command line, else
+        # APP_TASK_*_TIME_LIMIT (_set_up_pool).
         # Results
         result_expires=3600,
         result_persistent=True,
@@ -304,6 +306,10 @@ def _set_up_pool(sender: Any = None, **kwargs: Any) -> None:
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "thread" in name and getattr(sender, "concurrency", None):
         db.set_pool_size(int(sender.concurrency))
+    settings = get_settings()
+    if sender is not None:
+        sender.soft_time_limit = sender.soft_time_limit or settings.task_soft_time_limit
+        sender.time_limit = sender.time_limit or settings.task_time_limit
     if "thread" in name:
         # Celery enforces no time limit on the threads pool: app.threadlimits does.
         threadlimits.enable(

@@ -56,10 +56,15 @@ def test_reliability_settings() -> None:
     assert conf.result_expires == 3600 and conf.result_persistent and conf.result_extended
     assert conf.broker_connection_retry_on_startup
     assert conf.worker_cancel_long_running_tasks_on_connection_loss
-    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    # Limits are the worker instance's (command line), never a producer's: no message header.
+    assert conf.task_soft_time_limit is None and conf.task_time_limit is None
     assert conf.broker_transport_options["unacked_restore_throttle"] == 1
-    assert conf.task_soft_time_limit < conf.task_time_limit
-    assert conf.worker_soft_shutdown_timeout > 0
+    # Celery's own soft shutdown is off (it sleeps in the signal handler); app.liveness bounds the
+    # warm shutdown instead (APP_WORKER_SOFT_SHUTDOWN_TIMEOUT).
+    assert conf.worker_soft_shutdown_timeout == 0 and not conf.worker_enable_soft_shutdown_on_idle
+    assert conf.broker_transport_options["unacked_key"] == "unacked"
+    assert conf.broker_transport_options["unacked_index_key"] == "unacked_index"
+    assert conf.beat_scheduler == "app.liveness:LivenessScheduler"
     assert {q.name for q in conf.task_queues} == set(QUEUES)
 
 
