@@ -86,6 +86,10 @@ def _raise_in(thread_id: int, exc: type[BaseException]) -> bool:
     return bool(done == 1)
 
 
+def _report(emit: Any, event: str, run: _Running, limit: float | None) -> None:
+    emit(event, task_id=run.task_id, task_name=run.task_name, limit=limit, pool="threads")
+
+
 def _monitor() -> None:
     while True:
         time.sleep(CHECK_INTERVAL)
@@ -96,22 +100,10 @@ def _monitor() -> None:
                 if run.soft and elapsed > run.soft and not run.soft_raised:
                     run.soft_raised = True
                     _raise_in(thread_id, SoftTimeLimitExceeded)
-                    log.warning(
-                        "soft_time_limit_exceeded",
-                        task_id=run.task_id,
-                        task_name=run.task_name,
-                        limit=run.soft,
-                        pool="threads",
-                    )
+                    _report(log.warning, "soft_time_limit_exceeded", run, run.soft)
                 if run.hard and elapsed > run.hard and not run.hard_reported:
                     run.hard_reported = True
-                    log.critical(
-                        "hard_time_limit_exceeded_restarting",
-                        task_id=run.task_id,
-                        task_name=run.task_name,
-                        limit=run.hard,
-                        pool="threads",
-                    )
+                    _report(log.critical, "hard_time_limit_exceeded_restarting", run, run.hard)
                     logs.flush()
                     liveness.notify(
                         f"STATUS=task {run.task_id} past its hard time limit ({run.hard:.0f} s) "

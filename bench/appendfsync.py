@@ -12,7 +12,6 @@ of the inventory (redis_appendfsync) is put back at the end. Ratio always/everys
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import common
@@ -32,16 +31,11 @@ def set_mode(name: str, mode: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lab", default="bench")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--kinds", default="noop,mix")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the task counts")
+    p = common.burst_parser(__doc__, "noop,mix")
     p.add_argument("--restore", default="always", help="the inventory's redis_appendfsync")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    common.prepare(a.lab)
-    common.wait_nodes(a.lab)
+    common.ready_for_bursts(a.lab)
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for run in range(1, min(a.runs, 10) + 1):

@@ -5,6 +5,7 @@ Every command runs on the controller as root from the repository, with .venv's t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -227,3 +228,18 @@ def held_burst(name: str, kind: str, count: int, stop: str, start: str) -> dict[
             out, _ = p.communicate(timeout=1200)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
+
+
+def burst_parser(doc: str, kinds: str) -> argparse.ArgumentParser:
+    """The options of the held-burst benchmarks (throughput.py, appendfsync.py)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--lab", default="bench")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--kinds", default=kinds)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the task counts")
+    return p
+
+
+def ready_for_bursts(name: str) -> None:
+    prepare(name)
+    wait_nodes(name)

@@ -17,7 +17,6 @@ to /dev/null instead of the journal). Ratio systemd/hand: target >= 0.95.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import common
@@ -63,15 +62,10 @@ MODES = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lab", default="bench")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--kinds", default="noop,probe,mix")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the task counts")
+    p = common.burst_parser(__doc__, "noop,probe,mix")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    common.prepare(a.lab)
-    common.wait_nodes(a.lab)
+    common.ready_for_bursts(a.lab)
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for run in range(1, min(a.runs, 10) + 1):
