@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from conftest import app_python, other_host
+from conftest import QUEUES, app_python, other_host
 
 WORKERS = ["worker1", "worker2"]
 INSTANCES = ["pricing", "notifications", "batch"]
@@ -256,3 +256,12 @@ def wait_answering(ops1: Any, nodes: list[str], timeout: float = 120) -> None:
 
 def all_nodes() -> list[str]:
     return [f"{i}@{w}" for w in WORKERS for i in INSTANCES]
+
+
+def served_without(ops1: Any, label: str) -> None:
+    """Probes on every queue complete, all on worker1 (worker2 is away)."""
+    prefix = new_prefix(label.split()[2])
+    send(ops1, [(f"{prefix}-{q}-{i}", q) for q in QUEUES for i in range(4)])
+    c = wait_done(ops1, prefix, 4 * len(QUEUES), 120, label)
+    hosts = {r["worker"].split("@")[1] for r in probes(ops1, prefix)}
+    assert (c["lost"], c["duplicated"], hosts) == (0, 0, {"worker1"}), (c, hosts)

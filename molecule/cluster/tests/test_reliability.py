@@ -32,7 +32,6 @@ from reliability import (
     main_pid,
     missing_probes,
     new_prefix,
-    probes,
     queued_probes,
     send,
     send_many,
@@ -204,27 +203,6 @@ def test_worker_host_reboot(cluster_restored: Any, trial: int) -> None:
     assert (c["lost"], c["duplicated"]) == (0, 0), (c, status)
 
 
-def served_without(ops1: Any, label: str) -> None:
-    """Probes on every queue complete, all on worker1 (worker2 is away)."""
-    prefix = new_prefix(label.split()[2])
-    send(ops1, [(f"{prefix}-{q}-{i}", q) for q in QUEUES for i in range(4)])
-    c = wait_done(ops1, prefix, 4 * len(QUEUES), 120, label)
-    hosts = {r["worker"].split("@")[1] for r in probes(ops1, prefix)}
-    assert (c["lost"], c["duplicated"], hosts) == (0, 0, {"worker1"}), (c, hosts)
-
-
-@pytest.mark.parametrize("trial", TRIALS)
-def test_worker_host_stopped(cluster_restored: Any, trial: int) -> None:
-    """worker2 powered off: every queue is still served, by worker1; it boots back healthy."""
-    ops1 = cluster_restored
-    lab("stop", "worker2")
-    try:
-        served_without(ops1, "worker host stopped")
-    finally:
-        lab("start", "worker2")
-    wait_healthy("worker2")
-
-
 def test_worker_host_cut_off(cluster_restored: Any) -> None:
     """worker2 cut off the network (a partition) while probes stream to every queue: every
     queue is still served by worker1, and no probe may be lost."""
@@ -251,7 +229,8 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
         time.sleep(6)
         stop.set()
         streamer.join(120)
-        c = wait_done(ops1, prefix, sent[0], 180, "worker host cut off (partition)")
+        # 120 s: past the 80 s visibility + the sweep; what is not done by then is lost.
+        c = wait_done(ops1, prefix, sent[0], 120, "worker host cut off (partition)")
     finally:
         lab("restore", "worker2")
     wait_healthy("worker2")
