@@ -306,15 +306,14 @@ def _set_up_pool(sender: Any = None, **kwargs: Any) -> None:
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "thread" in name and getattr(sender, "concurrency", None):
         db.set_pool_size(int(sender.concurrency))
+    if sender is None:
+        return
     settings = get_settings()
-    if sender is not None:
-        sender.soft_time_limit = sender.soft_time_limit or settings.task_soft_time_limit
-        sender.time_limit = sender.time_limit or settings.task_time_limit
+    sender.soft_time_limit = sender.soft_time_limit or settings.task_soft_time_limit
+    sender.time_limit = sender.time_limit or settings.task_time_limit
     if "thread" in name:
         # Celery enforces no time limit on the threads pool: app.threadlimits does.
-        threadlimits.enable(
-            getattr(sender, "soft_time_limit", None), getattr(sender, "time_limit", None)
-        )
+        threadlimits.enable(sender.soft_time_limit, sender.time_limit)
 
 
 @signals.worker_process_init.connect
