@@ -10,14 +10,17 @@ LAB := $(PY) lab/lab.py
 # The lab `make lab-summary` describes (inventories/lab is `lab`; e.g. LAB_NAME=mol-cluster for Molecule's).
 LAB_NAME ?= lab
 LAB_SSH_CONFIG := .lab/$(if $(filter lab,$(LAB_NAME)),,$(LAB_NAME)/)ssh_config
-# Molecule scenarios, run in this order by `make test`.
+# Molecule scenarios, run in this order by `make test-molecule`.
 SCENARIOS ?= platform redis postgresql cluster
+# `make test` runs the cluster scenario (the long pole: its fault tests mostly wait) beside the
+# other lane; each lane's full output goes to a log here as it runs (tail -f to follow).
+TEST_LOGS := .lab/test-logs
 # Debian packages of the controller: the lab (nspawn hosts), the app tests (real Redis, PostgreSQL),
 # the browser that looks at Flower (molecule/cluster/tests/test_flower_browser.py).
 APT_PACKAGES := python3-venv debootstrap systemd-container iptables iproute2 openssh-client rsync \
 	redis-server postgresql apt-cacher-ng chromium chromium-driver
 
-.PHONY: help deps venv lab lab-summary lab-up test-deploy lab-down lab-status test lint test-docs test-app test-molecule lock clean
+.PHONY: help deps venv lab lab-summary lab-up test-deploy lab-down lab-status test lint test-docs test-app test-molecule test-lane-cluster test-lane-rest lock clean
 
 help:
 	@echo "make lab        bring up the local 4-host lab and deploy the bundle on it"
@@ -99,7 +102,22 @@ test-deploy: venv
 test-molecule: deps venv
 	@for s in $(SCENARIOS); do echo "==> molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
-test: lint test-docs test-app test-deploy test-molecule
+# Lint and docs first (a minute or two, fail early), then two lanes at once: the cluster scenario,
+# and the app tests, the preflight and the three small scenarios one after the other (~25 min,
+# which the cluster scenario's waits leave room for). -O prints each lane whole when it ends; a
+# failed lane's last lines are printed again at the very end.
+test: lint test-docs
+	@rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)
+	@echo "==> two lanes at once: cluster scenario | app, preflight, platform redis postgresql (live: tail -f $(TEST_LOGS)/*.log)"
+	@$(MAKE) --no-print-directory -j2 -O test-lane-cluster test-lane-rest || { \
+		for f in $(TEST_LOGS)/*.failed; do [ -e "$$f" ] || continue; \
+			echo "==> FAILED: $${f%.failed}.log, its last lines:"; tail -n 60 "$${f%.failed}.log"; done; exit 1; }
+
+test-lane-cluster: deps venv
+	@$(MAKE) --no-print-directory test-molecule SCENARIOS=cluster 2>&1 | tee $(TEST_LOGS)/cluster.log || { touch $(TEST_LOGS)/cluster.failed; exit 1; }
+
+test-lane-rest: deps venv
+	@$(MAKE) --no-print-directory test-app test-deploy test-molecule SCENARIOS="platform redis postgresql" 2>&1 | tee $(TEST_LOGS)/rest.log || { touch $(TEST_LOGS)/rest.failed; exit 1; }
 
 lock: venv
 	uv pip compile -q pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements/app.lock

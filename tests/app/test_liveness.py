@@ -207,6 +207,31 @@ def test_a_full_broker_loses_no_message_and_wedges_no_worker(
     assert worker.proc.poll() is None  # the same process consumed on
 
 
+def test_a_task_ending_while_the_broker_is_full_is_acked(
+    notified: Any, redis_server: RedisServer
+) -> None:
+    """A task that completes while Redis refuses writes is acked all the same: gone from its
+    instance's unacked hash at once, so the visibility sweep never runs it a second time."""
+    worker = notified("prefork", APP_UNACKED_KEY="unacked:full-ack")
+    worker.notify.wait("READY=1", 90)
+    token = uuid.uuid4().hex
+    worker.send_probe(token, sleep=3)
+    wait_for(lambda: counts(token) == (1, 0), 30, "probe started")
+    broker = redis.Redis.from_url(worker.redis.url(BROKER_DB))
+    assert broker.hlen("unacked:full-ack") == 1
+    admin = redis.Redis.from_url(redis_server.url(0))
+    admin.config_set("maxmemory", "1")  # every write refused from now: OOM
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            broker.set("full-ack-probe", "x")  # the fault is in place
+        wait_for(lambda: counts(token) == (1, 1), 30, "probe completed")
+        wait_for(lambda: broker.hlen("unacked:full-ack") == 0, 10, "acked while full")
+        assert broker.zcard("unacked:full-ack_index") == 0
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert worker.proc.poll() is None
+
+
 def test_taskctl_names_a_full_broker(redis_server: RedisServer) -> None:
     admin = redis.Redis.from_url(redis_server.url(0))
     env = {**os.environ, **ENV, "APP_BROKER_URL": redis_server.url(BROKER_DB)}

@@ -95,11 +95,24 @@ print(json.dumps([dict(r._mapping) for r in rows]))
 
 
 def wait_done(ops1: Any, prefix: str, sent: int, timeout: float, label: str) -> dict[str, int]:
-    """Poll until every probe of `prefix` completed (or time is up); print and return figures."""
+    """Poll until every probe of `prefix` completed, or none is left to complete, or time is up;
+    print and return the figures.
+
+    "None left": no completion for 15 s and the broker holds no message of `prefix` (in a queue
+    or in unacked; a running task's message stays in unacked until its ack, acks_late) — what is
+    missing then is lost, and waiting out `timeout` (sized past the visibility timeouts) would
+    only make the test slower.
+    """
     deadline = time.monotonic() + timeout
+    last, still_since = -1, time.monotonic()
     while True:
         c = counts(ops1, prefix)
-        if c["completed"] + c["duplicated"] >= sent or time.monotonic() > deadline:
+        done = c["completed"] + c["duplicated"]
+        if done >= sent or time.monotonic() > deadline:
+            break
+        if done != last:
+            last, still_since = done, time.monotonic()
+        elif time.monotonic() - still_since >= 15 and held_probes(ops1, prefix) == 0:
             break
         time.sleep(3)
     c["sent"] = sent
@@ -138,7 +151,7 @@ print(json.dumps(out))
     return result
 
 
-# Python run on ops1 ahead of the two helpers' code below: HELD = (place, the task's argsrepr)
+# Python run on ops1 ahead of the helpers below: HELD = (place, the task's argsrepr)
 # of every message the broker holds, queued (place = queue) or delivered and not acked
 # (place = unacked, over every instance's unacked:NAME; read tag by tag: the ACL allows HGET,
 # not HVALS).
@@ -170,6 +183,18 @@ print(json.dumps(found))
 """
     result: dict[str, int] = app_python(ops1, HELD + code, timeout=300)
     return result
+
+
+def held_probes(ops1: Any, prefix: str) -> int | None:
+    """How many messages of `prefix` the broker holds (queued or unacked); None if unreadable."""
+    code = f"""
+print(json.dumps(sum("{prefix}-" in args for _, args in HELD)))
+"""
+    try:
+        held: int = app_python(ops1, HELD + code, timeout=300)
+    except AssertionError:  # the broker away (restarting, cut off): unknown, keep waiting
+        return None
+    return held
 
 
 def missing_probes(ops1: Any, prefix: str, n: int) -> dict[str, Any]:

@@ -229,7 +229,8 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
         time.sleep(6)
         stop.set()
         streamer.join(120)
-        # 120 s: past the 80 s visibility + the sweep; what is not done by then is lost.
+        # At most 120 s (past the 80 s visibility + the sweep); wait_done returns once the broker
+        # holds none of them: what is not done then is lost.
         c = wait_done(ops1, prefix, sent[0], 120, "worker host cut off (partition)")
     finally:
         lab("restore", "worker2")

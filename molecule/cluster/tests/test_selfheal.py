@@ -4,8 +4,8 @@ instance `active` but dead, each injected under live load with consumers running
 - SIGSTOP of an instance's main process: systemd's watchdog kills and restarts it within 60 s.
 - `systemctl stop` during a task longer than the stop grace: its message is back in its queue at
   once (another host runs it within seconds), not after the visibility timeout.
-- The broker at maxmemory for 30 s while tasks flow: 0 lost, no instance wedged, new tasks run
-  within 60 s of memory being freed, no step by hand.
+- The broker at maxmemory for 30 s while tasks flow: 0 lost, 0 run twice, no instance wedged or
+  restarted, new tasks run within 60 s of memory being freed, no step by hand.
 - `systemctl status` shows each instance's live STATUS line.
 """
 
@@ -180,8 +180,8 @@ def broker_admin(command: str, check: bool = True) -> str:
 
 
 def test_broker_full_for_30_s_under_load(healed: Any) -> None:
-    """Broker at maxmemory for 30 s while probes flow: 0 lost, no instance wedged, new tasks
-    complete within 60 s of memory being freed, nothing done by hand."""
+    """Broker at maxmemory for 30 s while probes flow: 0 lost, 0 run twice, no instance wedged,
+    new tasks complete within 60 s of memory being freed, nothing done by hand."""
     ops1 = healed
     ORIGINAL_MAXMEMORY["value"] = broker_admin("CONFIG GET maxmemory").splitlines()[-1]
     pids = {w: main_pid(other_host(w), "celery-worker@pricing") for w in WORKERS}
@@ -212,25 +212,25 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     for name in WORKERS:
         assert instance_states(other_host(name)) == ["active"] * len(INSTANCES)
     wait_answering(ops1, all_nodes(), timeout=60)
+    # Ridden through, not restarted: an ack refused at maxmemory used to end the consumer
+    # ("Unrecoverable error: OutOfMemoryError"), and systemd restarted the instance.
     restarted = {w for w in WORKERS if main_pid(other_host(w), "celery-worker@pricing") != pids[w]}
-    print(f"pricing instances restarted by the watchdog meanwhile: {sorted(restarted) or 'none'}")
-    # Open (docs/RELIABILITY.md, "Known windows"): CI saw 10 of the 300 backlog probes run twice
-    # (lab runs: 0). Nothing lost, the tasks are idempotent; reported until explained and closed.
+    assert not restarted, f"pricing restarted on {sorted(restarted)} while the broker was full"
+    # Acks go through while the broker is full (app/broker.py): nothing may run twice.
     twice = c["duplicated"] + c_backlog["duplicated"] + c_after["duplicated"]
-    assert twice <= 30, (c, c_backlog, c_after)
-    if twice:
-        pytest.xfail(f"known: {twice} tasks ran twice while the broker was full")
+    assert twice == 0, (c, c_backlog, c_after)
 
 
 @pytest.mark.timeout(1200)
-def test_redis_sigkill_with_1500_in_flight(healed: Any) -> None:
-    """SIGKILL of redis-server while the consumers work through 1,500 probes: systemd restarts
-    it from its AOF; 0 lost, 0 completed twice."""
+def test_redis_sigkill_with_1000_in_flight(healed: Any) -> None:
+    """SIGKILL of redis-server while the consumers work through 2,000 probes, at least 1,000 of
+    them not yet done: systemd restarts it from its AOF; 0 lost, 0 completed twice."""
     ops1 = healed
-    n = 1500
+    n = 2000
     prefix = new_prefix("redissigkill")
     # Queued while the instances are stopped (sending is slower than the fleet consumes), then
-    # Redis is killed once the consumers are well into them.
+    # Redis is killed as soon as the consumers are into them (each poll takes a second or two,
+    # in which the fleet completes ~100: 2,000 keeps well over 1,000 in flight).
     stop = "systemctl stop celery-workers.target 'celery-worker@*.service'"
     for name in WORKERS:
         other_host(name).check_output(stop)
@@ -240,17 +240,18 @@ def test_redis_sigkill_with_1500_in_flight(healed: Any) -> None:
         for name in WORKERS:
             other_host(name).check_output("systemctl start celery-workers.target")
     data1 = other_host("data1")
-    deadline = time.monotonic() + 120
-    while counts(ops1, prefix)["rows"] < 150 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    in_flight = n - counts(ops1, prefix)["completed"]
     pid = main_pid(data1, "redis-server")
+    deadline = time.monotonic() + 120
+    while counts(ops1, prefix)["rows"] < 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
     data1.check_output(f"kill -KILL {pid}")
     killed = time.monotonic()
+    in_flight = n - counts(ops1, prefix)["completed"]  # read after the kill: a lower bound
     while main_pid(data1, "redis-server") in (0, pid) and time.monotonic() - killed < 60:
         time.sleep(0.2)
     back = time.monotonic() - killed
-    # 240 s: past batch's 160 s visibility + the sweep; what is not done by then is lost.
+    # At most 240 s (past batch's 160 s visibility + the sweep); wait_done returns once the broker
+    # holds none of them: what is not done then is lost.
     c = wait_done(ops1, prefix, n, 240, f"Redis SIGKILL with {in_flight} in flight")
     figure(
         f"RELIABILITY Redis SIGKILL: sent in {seconds:.0f} s, {in_flight} in flight, "
