@@ -113,11 +113,14 @@ test: lint test-docs
 		for f in $(TEST_LOGS)/*.failed; do [ -e "$$f" ] || continue; \
 			echo "==> FAILED: $${f%.failed}.log, its last lines:"; tail -n 60 "$${f%.failed}.log"; done; exit 1; }
 
+# Inside a lane one thing at a time (-j1), its output written as it comes (-Onone, unbuffered).
+LANE = PYTHONUNBUFFERED=1 $(MAKE) --no-print-directory -j1 -Onone
+
 test-lane-cluster: deps venv
-	@$(MAKE) --no-print-directory test-molecule SCENARIOS=cluster 2>&1 | tee $(TEST_LOGS)/cluster.log || { touch $(TEST_LOGS)/cluster.failed; exit 1; }
+	@$(LANE) test-molecule SCENARIOS=cluster 2>&1 | tee $(TEST_LOGS)/cluster.log || { touch $(TEST_LOGS)/cluster.failed; exit 1; }
 
 test-lane-rest: deps venv
-	@$(MAKE) --no-print-directory test-app test-deploy test-molecule SCENARIOS="platform redis postgresql" 2>&1 | tee $(TEST_LOGS)/rest.log || { touch $(TEST_LOGS)/rest.failed; exit 1; }
+	@$(LANE) test-app test-deploy test-molecule SCENARIOS="platform redis postgresql" 2>&1 | tee $(TEST_LOGS)/rest.log || { touch $(TEST_LOGS)/rest.failed; exit 1; }
 
 lock: venv
 	uv pip compile -q pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements/app.lock

@@ -18,16 +18,9 @@ from kombu import Exchange, Queue
 
 from app import broker, db, liveness, logs, threadlimits
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
+from app.queues import QUEUES, queue_for
 from app.settings import get_settings
 
-QUEUES = ("default", "pricing", "notifications", "data_processing", "maintenance")
-# Task name prefix -> queue. The task names are the contract, not the module paths.
-PREFIX_QUEUES = {
-    "pricing": "pricing",
-    "notifications": "notifications",
-    "data": "data_processing",
-    "maintenance": "maintenance",
-}
 TASK_MODULES = [
     "app.tasks.pricing",
     "app.tasks.notifications",
@@ -41,10 +34,6 @@ RETRY_BACKOFF_BASE = 2.0
 RETRY_BACKOFF_MAX = 120.0
 
 log = logs.get_logger(__name__)
-
-
-def queue_for(task_name: str) -> str:
-    return PREFIX_QUEUES.get(task_name.split(".", 1)[0], "default")
 
 
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.queues import QUEUES, queue_for
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -47,8 +49,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown task {args.name!r}; known tasks: {', '.join(known)}")
     options: dict[str, Any] = {}
     if args.queue:
-        from app.celery_app import QUEUES
-
         if args.queue not in QUEUES:
             raise UsageError(f"--queue: {args.queue!r} is not one of {', '.join(QUEUES)}")
         options["queue"] = args.queue
@@ -181,7 +181,6 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from app.celery_app import queue_for
 
     app = _app()
     for name in sorted(n for n in app.tasks if not n.startswith("celery.")):

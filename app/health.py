@@ -12,8 +12,9 @@ import psutil
 import redis
 from sqlalchemy import text
 
-from app.celery_app import QUEUES, broker_redis
+from app.celery_app import broker_redis
 from app.db import get_engine
+from app.queues import QUEUES
 from app.settings import get_settings
 
 # kombu's Redis transport keeps priorities > 0 in sub-lists named QUEUE + SEP + PRIORITY.

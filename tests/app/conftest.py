@@ -25,9 +25,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from services import PostgresServer, RedisServer, SmtpServer, free_port, wait_for
 
+from app import queues as app_queues  # the queue contract only: reads no settings
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-QUEUES = "default,pricing,notifications,data_processing,maintenance"
+QUEUES = ",".join(app_queues.QUEUES)
 WORK = Path(tempfile.mkdtemp(prefix="app-tests-", dir="/tmp"))
 WORK.chmod(0o755)  # PostgreSQL runs as `nobody` under root and must reach its directory
 

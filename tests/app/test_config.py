@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from celery.schedules import crontab
 
-from app.celery_app import QUEUES, celery_app, make_celery, queue_for
+from app.celery_app import celery_app, make_celery
+from app.queues import QUEUES, queue_for
 from app.settings import Settings, SettingsError
 
 EXPECTED_TASKS = {

@@ -8,8 +8,9 @@ import redis
 from services import RedisServer
 from test_config import EXPECTED_TASKS
 
-from app.celery_app import QUEUES, celery_app
+from app.celery_app import celery_app
 from app.health import PRIORITY_SEP, queue_lengths
+from app.queues import QUEUES
 
 IDLE_DB = 3  # a broker database no worker consumes
 

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 import testinfra
 
-QUEUES = ["default", "pricing", "notifications", "data_processing", "maintenance"]
+from app import queues as app_queues
+
+# The app's queue contract, from the checkout (installed in the controller's virtualenv).
+QUEUES = list(app_queues.QUEUES)
 
 # Runs a command the way the services run: as celery, settings read by systemd from app.env.
 AS_CELERY = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import QUEUES
 
 testinfra_hosts = ["celery_app"]
 
@@ -43,7 +44,7 @@ def test_every_queue_is_consumed_on_each_worker_host(host: Any, hostvars: dict[s
             content = host.file(f"/etc/celery/{env}").content_string
             line = next(x for x in content.splitlines() if x.startswith("CELERY_WORKER_QUEUES="))
             queues |= set(line.split("=", 1)[1].strip('"').split(","))
-    assert queues == {"default", "pricing", "notifications", "data_processing", "maintenance"}
+    assert queues == set(QUEUES)
 
 
 def test_celery_user_is_a_system_user_without_login(host: Any) -> None:

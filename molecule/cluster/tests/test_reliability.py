@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import app_python, other_host
+from conftest import QUEUES, app_python, other_host
 from reliability import (
     FIGURES,
     INSTANCES,
@@ -45,7 +45,6 @@ from reliability import (
 testinfra_hosts = ["ops1"]
 
 TRIALS = range(int(os.environ.get("RELIABILITY_TRIALS", "1")))
-QUEUES = ["default", "pricing", "notifications", "data_processing", "maintenance"]
 
 
 @pytest.fixture(scope="module", autouse=True)
