@@ -10,7 +10,9 @@ broker answers a PING; only then does the watchdog thread send WATCHDOG=1. A con
 after an unrecoverable error (Celery #5716: the process stays up, consuming nothing), a main
 process stopped by SIGSTOP or a hung broker connection stop the stamps or the PING, systemd's
 WatchdogSec= expires and it kills and restarts the instance. Beat is alive while its scheduler
-ticks (beat_max_loop_interval bounds the sleep between ticks) and the broker answers.
+ticks (beat_max_loop_interval bounds the sleep between ticks) and the broker answers. Flower
+(app/flower_service.py) is alive while its web server answers its own /healthcheck (the request
+is served by its event loop) and the broker answers.
 
 On `systemctl stop` (SIGTERM: Celery's warm shutdown, running tasks finish), the stop guard gives
 running tasks APP_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds; tasks still running then are put back at
@@ -26,6 +28,8 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -239,3 +243,38 @@ class LivenessScheduler(PersistentScheduler):
             LivenessScheduler.liveness.stopping = True
         notify("STOPPING=1\nSTATUS=stopping")
         super().close()
+
+
+# --- Flower ---------------------------------------------------------------------------------
+
+
+class FlowerLiveness(Liveness):
+    """READY once Flower's web server answers; then alive while it answers and the broker does."""
+
+    def __init__(self, healthcheck_url: str) -> None:
+        super().__init__("flower", lambda: f"serving {healthcheck_url.rsplit('/', 1)[0]}/")
+        self.url = healthcheck_url
+
+    def answers(self) -> str:
+        """ "" when /healthcheck answers 200 within 5 s, else why not."""
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310 - our URL
+                return "" if response.status == 200 else f"healthcheck answered {response.status}"
+        except (OSError, urllib.error.URLError) as exc:
+            return f"web server does not answer: {exc}"[:200]
+
+    def problem(self) -> str:
+        if self.ready:
+            answer = self.answers()
+            if answer:
+                return answer
+            self.last_stamp = time.monotonic()  # served by the loop just now
+        return super().problem()
+
+    def _run(self) -> None:
+        while not self.ready:  # READY=1 once it serves (it binds after connecting to the broker)
+            if self.answers():
+                time.sleep(1)
+            else:
+                self.stamp()
+        super()._run()

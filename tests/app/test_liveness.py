@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ENV, ROOT, WORK, worker_argv
-from services import RedisServer, wait_for
+from services import RedisServer, free_port, wait_for
 from test_worker_lifecycle import counts
 
 from app import health
@@ -288,3 +289,53 @@ def test_soft_time_limit_holds_on_every_pool(notified: Any, pool: str) -> None:
     time.sleep(20)
     assert counts(token) == (1, 0)  # stopped, never completed
     worker.notify.wait("WATCHDOG=1", 5)  # the instance itself is fine
+
+
+def test_flower_ready_once_it_serves_and_fed_only_while_the_broker_answers(
+    redis_server: RedisServer,
+) -> None:
+    """`python -m app.flower_service` (flower.service): READY=1 once its web server answers,
+    WATCHDOG=1 while /healthcheck and the broker answer, none while the broker hangs."""
+    notify = NotifySocket(WORK / "notify-flower.sock")
+    port = free_port()
+    env = {
+        **os.environ,
+        **ENV,
+        "APP_BROKER_URL": redis_server.url(BROKER_DB),
+        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_PORT": str(port),
+        "NOTIFY_SOCKET": str(notify.path),
+        "WATCHDOG_USEC": "2000000",
+    }
+    log = WORK / f"flower-{uuid.uuid4().hex[:6]}.log"
+    proc = subprocess.Popen(
+        [os.sys.executable, "-m", "app.flower_service"],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        ready = notify.wait("READY=1", 90)
+        assert f"STATUS=serving http://127.0.0.1:{port}/" in ready, ready
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=5) as r:
+            assert r.status == 200  # READY meant it: the web server answers
+        notify.wait("WATCHDOG=1", 10)
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            message = notify.wait("STATUS=not alive: ", 15)
+            assert "broker does not answer" in message, message
+            seen = len(notify.drain())
+            time.sleep(3)
+            assert not [m for m in notify.drain()[seen:] if "WATCHDOG=1" in m]
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        notify.wait("WATCHDOG=1", 60)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        notify.close()

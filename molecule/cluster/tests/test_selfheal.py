@@ -1,7 +1,8 @@
 """Never silently stuck (docs/RELIABILITY.md, "Self-healing"): faults that used to leave an
 instance `active` but dead, each injected under live load with consumers running and counted.
 
-- SIGSTOP of an instance's main process: systemd's watchdog kills and restarts it within 60 s.
+- SIGSTOP of an instance's main process: systemd's watchdog kills and restarts it within 60 s;
+  the same for Flower.
 - `systemctl stop` during a task longer than the stop grace: its message is back in its queue at
   once (another host runs it within seconds), not after the visibility timeout.
 - The broker at maxmemory for 30 s while tasks flow: 0 lost, 0 run twice, no instance wedged or
@@ -126,6 +127,30 @@ def test_sigstop_main_process_restarted_by_watchdog(healed: Any) -> None:
     assert recovered < 60, f"not restarted within 60 s ({recovered:.0f} s)"
     c = wait_done(ops1, load.prefix, load.sent, 200, "SIGSTOP of pricing's main process")
     assert (c["lost"], c["duplicated"]) == (0, 0), c
+
+
+def test_sigstop_flower_restarted_by_watchdog(host: Any) -> None:
+    """SIGSTOP of Flower: systemd's watchdog (30 s) kills and restarts it; it serves again."""
+    ops1 = host
+    show = "systemctl show -p Type,WatchdogUSec --value flower.service"
+    assert ops1.check_output(show).split() == ["notify", "30s"]
+    pid = main_pid(ops1, "flower.service")
+    ops1.check_output(f"kill -STOP {pid}")
+    stopped = time.monotonic()
+    try:
+        while time.monotonic() - stopped < 120:
+            now = ops1.run("systemctl show -p MainPID,StatusText --value flower.service")
+            new_pid, *status = now.stdout.splitlines() or ["0"]
+            if new_pid.strip() not in ("0", str(pid)) and "serving" in " ".join(status):
+                break
+            time.sleep(1)
+        recovered = time.monotonic() - stopped
+    finally:
+        ops1.run(f"kill -CONT {pid}")
+    figure(f"RELIABILITY SIGSTOP Flower: restarted and serving after {recovered:.0f} s")
+    assert recovered < 60, f"not restarted within 60 s ({recovered:.0f} s)"
+    status = ops1.check_output("systemctl status flower.service")
+    assert 'Status: "serving http' in status, status
 
 
 def test_stop_requeues_a_task_past_the_grace(healed: Any, hostvars: dict[str, Any]) -> None:
