@@ -131,9 +131,13 @@ def test_worker_unit_stop_semantics(host: Any, hostvars: dict[str, Any]) -> None
 
 
 def test_sandbox_exposure_at_most_2(host: Any, hostvars: dict[str, Any]) -> None:
+    """Each unit's sandbox is the one drop-in (systemd/celery-sandbox.conf), rated at most 2."""
     for unit in units_of(hostvars):
         if unit.endswith(".target"):
             continue
+        dropins = host.check_output(f"systemctl show -p DropInPaths --value {unit}")
+        template = unit.split("@")[0] + "@.service" if "@" in unit else unit
+        assert f"/etc/systemd/system/{template}.d/sandbox.conf" in dropins.split(), dropins
         out = host.check_output(f"systemd-analyze security {unit} --no-pager")
         score = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
         assert score <= 2.0, f"{unit}: exposure {score}"
