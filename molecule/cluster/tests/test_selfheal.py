@@ -106,22 +106,32 @@ def test_status_line_in_systemctl_status(host: Any) -> None:
     assert 'Status: "scheduling ' in out, out
 
 
+def sigstop_until_restarted(host: Any, unit: str, status_word: str) -> float:
+    """SIGSTOP the unit's main process; seconds until systemd runs a new one whose STATUS line
+    holds `status_word` (at most 120). The stopped process is resumed in any case."""
+    pid = main_pid(host, unit)
+    host.check_output(f"kill -STOP {pid}")
+    stopped = time.monotonic()
+    try:
+        while time.monotonic() - stopped < 120:
+            now = host.run(f"systemctl show -p MainPID,StatusText --value {unit}")
+            new_pid, *status = now.stdout.splitlines() or ["0"]
+            if new_pid.strip() not in ("0", str(pid)) and status_word in " ".join(status):
+                break
+            time.sleep(1)
+        return time.monotonic() - stopped
+    finally:
+        host.run(f"kill -CONT {pid}")  # gone if systemd killed it
+
+
 def test_sigstop_main_process_restarted_by_watchdog(healed: Any) -> None:
     """SIGSTOP of pricing@HOST's main process under load: restarted within 60 s; 0 lost."""
     ops1 = healed
     with Load(ops1, "sigstop") as load:
         time.sleep(5)
-        worker = other_host("worker1")
-        pid = main_pid(worker, "celery-worker@pricing")
-        worker.check_output(f"kill -STOP {pid}")
-        stopped = time.monotonic()
-        while time.monotonic() - stopped < 120:
-            now = worker.run("systemctl show -p MainPID,StatusText --value celery-worker@pricing")
-            new_pid, *status = now.stdout.splitlines() or ["0"]
-            if new_pid.strip() not in ("0", str(pid)) and "consuming" in " ".join(status):
-                break
-            time.sleep(1)
-        recovered = time.monotonic() - stopped
+        recovered = sigstop_until_restarted(
+            other_host("worker1"), "celery-worker@pricing", "consuming"
+        )
         time.sleep(5)
     figure(f"RELIABILITY SIGSTOP main process: restarted and consuming after {recovered:.0f} s")
     assert recovered < 60, f"not restarted within 60 s ({recovered:.0f} s)"
@@ -134,19 +144,7 @@ def test_sigstop_flower_restarted_by_watchdog(host: Any) -> None:
     ops1 = host
     show = "systemctl show -p Type,WatchdogUSec --value flower.service"
     assert ops1.check_output(show).split() == ["notify", "30s"]
-    pid = main_pid(ops1, "flower.service")
-    ops1.check_output(f"kill -STOP {pid}")
-    stopped = time.monotonic()
-    try:
-        while time.monotonic() - stopped < 120:
-            now = ops1.run("systemctl show -p MainPID,StatusText --value flower.service")
-            new_pid, *status = now.stdout.splitlines() or ["0"]
-            if new_pid.strip() not in ("0", str(pid)) and "serving" in " ".join(status):
-                break
-            time.sleep(1)
-        recovered = time.monotonic() - stopped
-    finally:
-        ops1.run(f"kill -CONT {pid}")
+    recovered = sigstop_until_restarted(ops1, "flower.service", "serving")
     figure(f"RELIABILITY SIGSTOP Flower: restarted and serving after {recovered:.0f} s")
     assert recovered < 60, f"not restarted within 60 s ({recovered:.0f} s)"
     status = ops1.check_output("systemctl status flower.service")
