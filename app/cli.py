@@ -180,6 +180,42 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    """The health gate of this host's instances (playbooks/tasks/worker_gate.yml): each NAME@HOST
+    answers and consumes every queue it is configured for, then a probe sent to each of those
+    queues completes. Exit 1 (and what is missing) until then: the caller retries."""
+    import socket
+    import time
+
+    want: dict[str, set[str]] = {}
+    for spec in args.instances:
+        name, _, queues = spec.partition("=")
+        if not name or not queues:
+            raise UsageError(f"instance {spec!r}: expected NAME=QUEUE[,QUEUE...]")
+        unknown = sorted(set(queues.split(",")) - set(QUEUES))
+        if unknown:
+            raise UsageError(f"instance {name}: unknown queue(s) {', '.join(unknown)}")
+        want[name if "@" in name else f"{name}@{socket.gethostname()}"] = set(queues.split(","))
+    app = _app()
+    inspect = app.control.inspect(destination=list(want), timeout=args.reply_timeout)
+    replies = inspect.active_queues() or {}
+    missing = {n: sorted(q - {x["name"] for x in replies.get(n) or []}) for n, q in want.items()}
+    missing = {n: q for n, q in missing.items() if q or n not in replies}
+    if missing:
+        _print({"not_consuming": missing})
+        return EXIT_FAILED
+    token = f"gate-{socket.gethostname()}-{time.time():.0f}"
+    queues = sorted(set().union(*want.values()))
+    sent = {q: app.send_task("ops.probe", args=[f"{token}-{q}"], queue=q) for q in queues}
+    try:
+        served = {q: r.get(timeout=args.probe_timeout)["worker"] for q, r in sent.items()}
+    except Exception as exc:  # a probe not served in time: not open yet
+        _print({"probe_failed": f"{type(exc).__name__}: {exc}"[:300]})
+        return EXIT_FAILED
+    _print({"answered": sorted(replies), "probes": served})
+    return EXIT_OK
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
 
     app = _app()
@@ -193,8 +229,12 @@ def cmd_db(args: argparse.Namespace) -> int:
     from app.db import session_scope
 
     if args.db_command == "migrate":
+        before = migrate.current()
         migrate.upgrade(args.revision)
-        print(f"database at revision {migrate.current()}")
+        if args.json:  # the deployment's changed_when: before != after
+            _print({"before": before, "after": migrate.current()})
+        else:
+            print(f"database at revision {migrate.current()}")
     elif args.db_command == "seed":
         from app.seed import seed
 
@@ -255,6 +295,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reply-timeout", type=float, default=2.0, help="seconds per inspect call")
     s.set_defaults(func=cmd_drain)
 
+    s = sub.add_parser("gate", help="exit 0 once instances consume their queues and serve probes")
+    s.add_argument("instances", nargs="+", help="NAME=QUEUE[,QUEUE...] (NAME of this host)")
+    s.add_argument("--reply-timeout", type=float, default=5.0, help="seconds for the inspect")
+    s.add_argument("--probe-timeout", type=float, default=60.0, help="seconds for the probes")
+    s.set_defaults(func=cmd_gate)
+
     s = sub.add_parser("tasks", help="registered tasks and their queue")
     s.set_defaults(func=cmd_tasks)
 
@@ -262,6 +308,7 @@ def parser() -> argparse.ArgumentParser:
     db = s.add_subparsers(dest="db_command", required=True)
     m = db.add_parser("migrate", help="apply the Alembic migrations")
     m.add_argument("--revision", default="head")
+    m.add_argument("--json", action="store_true", help='print {"before": REV, "after": REV}')
     db.add_parser("seed", help="insert demo data (idempotent)")
     r = db.add_parser("restore-pricing", help="restore a data.backup_pricing_data file")
     r.add_argument("file")

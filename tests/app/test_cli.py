@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import ENV, taskctl, worker_argv
+from conftest import ENV, QUEUES, taskctl, worker_argv
 from services import wait_for
 
 
@@ -126,3 +126,20 @@ def test_drain_stops_an_instance_consuming_and_waits_out_its_reserved(
         finally:
             drainee.send_signal(signal.SIGTERM)
             drainee.wait(30)
+
+
+def test_gate_opens_once_the_instances_consume_and_serve(alive: Any) -> None:
+    """taskctl gate (the rolling playbooks' health gate): 0 once every NAME@HOST answers,
+    consumes its queues and a probe on each completes; 1 with what is missing; 2 on bad input."""
+    host = socket.gethostname()
+    opened = taskctl("gate", f"testworker={QUEUES}")
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    report = json.loads(opened.stdout)
+    assert report["answered"] == [f"testworker@{host}"]
+    assert sorted(report["probes"]) == sorted(QUEUES.split(","))
+    assert set(report["probes"].values()) == {f"testworker@{host}"}
+    shut = taskctl("gate", "nobody=pricing", "--reply-timeout", "1")
+    assert shut.returncode == 1, shut.stdout + shut.stderr
+    assert json.loads(shut.stdout) == {"not_consuming": {f"nobody@{host}": ["pricing"]}}
+    bad = taskctl("gate", "testworker=invoices")
+    assert bad.returncode == 2 and "unknown queue(s) invoices" in bad.stderr, bad.stderr

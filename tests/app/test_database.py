@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from conftest import taskctl
@@ -33,3 +35,10 @@ def test_migrate_and_seed_twice_change_nothing(database: PostgresServer) -> None
         assert done.returncode == 0, done.stderr
     assert counts() == before
     assert before[0] >= 4 and before[3] >= 2
+
+
+def test_migrate_json_says_before_and_after(database: PostgresServer) -> None:
+    """What the deployment's migrate task reads (changed when they differ)."""
+    done = taskctl("db", "migrate", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"before": "0001", "after": "0001"}
