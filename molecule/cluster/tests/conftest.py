@@ -41,3 +41,18 @@ def other_host(name: str) -> Any:
     return testinfra.get_host(
         f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"]
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def figures_summary(request: Any) -> Any:
+    """Every RELIABILITY line of the session, together at its end, also when output is captured."""
+    yield
+    from reliability import FIGURES  # reliability imports this module
+
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and FIGURES:
+        with capture.global_and_fixture_disabled():
+            reporter.write_sep("-", "reliability figures")
+            for line in FIGURES:
+                reporter.write_line(line)

@@ -17,8 +17,8 @@ WORKERS = ["worker1", "worker2"]
 INSTANCES = ["pricing", "notifications", "batch"]
 # Redelivery after a lost worker: visibility timeout (60 s in this scenario) + the 10 s sweep.
 REDELIVERY_WAIT = 200
-# Every figure printed by wait_done, shown together at the end of the module (pytest captures
-# the tests' own output unless run with -s).
+# Every figure printed by wait_done, shown together at the end of the session (conftest.py:
+# pytest captures the tests' own output unless run with -s).
 FIGURES: list[str] = []
 
 

@@ -47,19 +47,6 @@ testinfra_hosts = ["ops1"]
 TRIALS = range(int(os.environ.get("RELIABILITY_TRIALS", "1")))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def figures_summary(request: Any) -> Any:
-    """Show every RELIABILITY line at the end of the module, also when output is captured."""
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and FIGURES:
-        with capture.global_and_fixture_disabled():
-            reporter.write_sep("-", "reliability figures")
-            for line in FIGURES:
-                reporter.write_line(line)
-
-
 @pytest.fixture
 def cluster_restored(host: Any) -> Any:
     """After the test, whatever happened: every worker host up, every instance answering."""
