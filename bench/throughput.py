@@ -12,7 +12,10 @@ run in turn: `systemd` (celery-workers.target: the deployed units) and `hand` (t
 ExecStart command line with /etc/celery/app.env and worker-NAME.env, as user celery in
 /var/lib/celery, umask 0027, outside systemd and its sandbox, output to a file), and
 `systemd-nojournal` (a diagnostic: the units with a drop-in in /run sending their stdout/stderr
-to /dev/null instead of the journal). Ratio systemd/hand: target >= 0.95.
+to /dev/null instead of the journal), and `systemd-nowatchdog` (the units with a drop-in turning
+sd_notify and the watchdog off: Type=exec, WatchdogSec=0, so app/liveness.py's thread never
+starts). Ratio systemd/hand: target >= 0.95; systemd/systemd-nowatchdog: what the watchdog costs.
+`--modes systemd,systemd-nowatchdog` runs only those.
 """
 
 from __future__ import annotations
@@ -45,32 +48,43 @@ done
 # The instances by name too: `systemctl stop` of the target alone returns while they still stop.
 UNITS_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'\n"
 UNITS_START = "systemctl start celery-workers.target\n"
-# Diagnostic: the units without their stdout/stderr in the journal (a drop-in in /run, removed
-# after the burst). Since the app logs to --logfile only (app/logs.py), it should match systemd.
+# Diagnostics, each a drop-in in /run removed after the burst: the units without their
+# stdout/stderr in the journal (the app logs to --logfile only, app/logs.py: it should match
+# systemd), and the units without sd_notify and the watchdog.
 DROPIN = "/run/systemd/system/celery-worker@.service.d/zz-bench.conf"
-NOJOURNAL = (
-    f"mkdir -p {DROPIN.rsplit('/', 1)[0]}; printf '[Service]\\nStandardOutput=null\\n"
-    f"StandardError=null\\n' > {DROPIN}; systemctl daemon-reload\n"
-)
+
+
+def dropin(settings: str) -> str:
+    return (
+        f"mkdir -p {DROPIN.rsplit('/', 1)[0]}; printf '[Service]\\n{settings}' > {DROPIN}; "
+        "systemctl daemon-reload\n"
+    )
+
+
+NOJOURNAL = dropin("StandardOutput=null\\nStandardError=null\\n")
+NOWATCHDOG = dropin("Type=exec\\nWatchdogSec=0\\nNotifyAccess=none\\n")
 UNJOURNAL = f"rm -f {DROPIN}; systemctl daemon-reload\n"
 # mode -> (before the sends, after the sends, after the burst)
 MODES = {
     "systemd": (UNITS_STOP, UNITS_START, ""),
     "hand": (UNITS_STOP + HAND_STOP, HAND_START, HAND_STOP),
     "systemd-nojournal": (UNITS_STOP + NOJOURNAL, UNITS_START, UNITS_STOP + UNJOURNAL),
+    "systemd-nowatchdog": (UNITS_STOP + NOWATCHDOG, UNITS_START, UNITS_STOP + UNJOURNAL),
 }
 
 
 def main() -> None:
     p = common.burst_parser(__doc__, "noop,probe,mix")
+    p.add_argument("--modes", default=",".join(MODES), help="of: " + ",".join(MODES))
     a = p.parse_args()
     kinds = a.kinds.split(",")
+    modes = {m: MODES[m] for m in a.modes.split(",")}
     common.ready_for_bursts(a.lab)
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for run in range(1, min(a.runs, 10) + 1):
             for kind in kinds:
-                for mode, (stop, start, after) in MODES.items():
+                for mode, (stop, start, after) in modes.items():
                     count = int(COUNTS[kind] * a.scale)
                     r = common.held_burst(a.lab, kind, count, stop, start)
                     for host in common.workers(a.lab) if after else []:
@@ -83,12 +97,22 @@ def main() -> None:
     common.wait_nodes(a.lab)
     summary = {}
     for kind in kinds:
-        med = {mode: common.median(rates[kind, mode]) for mode in MODES}
+        med = {mode: common.median(rates[kind, mode]) for mode in modes}
+        # name: (numerator mode, denominator mode), each given when both modes ran
+        pairs = {
+            "systemd_over_hand": ("systemd", "hand"),
+            "nojournal_over_hand": ("systemd-nojournal", "hand"),
+            "systemd_over_nowatchdog": ("systemd", "systemd-nowatchdog"),
+        }
+        ratios = {
+            name: round(med[top] / med[bottom], 3)
+            for name, (top, bottom) in pairs.items()
+            if top in med and bottom in med
+        }
         summary[kind] = {
             **{f"{mode}_tasks_per_s": v for mode, v in med.items()},
-            "systemd_over_hand": round(med["systemd"] / med["hand"], 3),
-            "nojournal_over_hand": round(med["systemd-nojournal"] / med["hand"], 3),
-            "runs": len(rates[kind, "systemd"]),
+            **ratios,
+            "runs": len(rates[kind, next(iter(modes))]),
         }
     print(json.dumps({"bench": "throughput-summary", "load": common.load(), **summary}, indent=2))
 
