@@ -113,8 +113,9 @@ test: lint test-docs
 		for f in $(TEST_LOGS)/*.failed; do [ -e "$$f" ] || continue; \
 			echo "==> FAILED: $${f%.failed}.log, its last lines:"; tail -n 60 "$${f%.failed}.log"; done; exit 1; }
 
-# Inside a lane one thing at a time (-j1), its output written as it comes (-Onone, unbuffered).
-LANE = PYTHONUNBUFFERED=1 $(MAKE) --no-print-directory -j1 -Onone
+# Inside a lane one thing at a time, its output written as it comes: a make of its own (no -j2,
+# no -O from the parent), Python unbuffered.
+LANE = MAKEFLAGS= PYTHONUNBUFFERED=1 $(MAKE) --no-print-directory
 
 test-lane-cluster: deps venv
 	@$(LANE) test-molecule SCENARIOS=cluster 2>&1 | tee $(TEST_LOGS)/cluster.log || { touch $(TEST_LOGS)/cluster.failed; exit 1; }
