@@ -208,28 +208,35 @@ def test_a_full_broker_loses_no_message_and_wedges_no_worker(
     assert worker.proc.poll() is None  # the same process consumed on
 
 
-def test_a_task_ending_while_the_broker_is_full_is_acked(
-    notified: Any, redis_server: RedisServer
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_tasks_ending_while_the_broker_is_full_are_acked_and_free_their_slot(
+    notified: Any, redis_server: RedisServer, pool: str
 ) -> None:
-    """A task that completes while Redis refuses writes is acked all the same: gone from its
-    instance's unacked hash at once, so the visibility sweep never runs it a second time."""
-    worker = notified("prefork", APP_UNACKED_KEY="unacked:full-ack")
+    """Tasks that complete while Redis refuses writes (their results too) are acked all the same
+    — gone from the instance's unacked hash at once, never run a second time — and free their
+    pool slot: once memory is freed the instance consumes on (threads: it used to wedge)."""
+    worker = notified(pool, APP_UNACKED_KEY=f"unacked:full-ack-{pool}")
     worker.notify.wait("READY=1", 90)
-    token = uuid.uuid4().hex
-    worker.send_probe(token, sleep=3)
-    wait_for(lambda: counts(token) == (1, 0), 30, "probe started")
+    tokens = [uuid.uuid4().hex for _ in range(2)]  # one per slot (concurrency 2)
+    for token in tokens:
+        worker.send_probe(token, sleep=3)
+    wait_for(lambda: all(counts(t) == (1, 0) for t in tokens), 30, "probes started")
     broker = redis.Redis.from_url(worker.redis.url(BROKER_DB))
-    assert broker.hlen("unacked:full-ack") == 1
+    assert broker.hlen(f"unacked:full-ack-{pool}") == 2
     admin = redis.Redis.from_url(redis_server.url(0))
     admin.config_set("maxmemory", "1")  # every write refused from now: OOM
     try:
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             broker.set("full-ack-probe", "x")  # the fault is in place
-        wait_for(lambda: counts(token) == (1, 1), 30, "probe completed")
-        wait_for(lambda: broker.hlen("unacked:full-ack") == 0, 10, "acked while full")
-        assert broker.zcard("unacked:full-ack_index") == 0
+        wait_for(lambda: all(counts(t) == (1, 1) for t in tokens), 30, "probes completed")
+        wait_for(lambda: broker.hlen(f"unacked:full-ack-{pool}") == 0, 10, "acked while full")
+        assert broker.zcard(f"unacked:full-ack-{pool}_index") == 0
     finally:
         admin.config_set("maxmemory", "0")
+    after = uuid.uuid4().hex
+    worker.send_probe(after, sleep=0)
+    wait_for(lambda: counts(after) == (1, 1), 30, "a probe after memory was freed")
+    worker.notify.wait(", 0 active,", 10)
     assert worker.proc.poll() is None
 
 
