@@ -103,9 +103,8 @@ _reject = kombu_redis.QoS.reject
 def _reject_without_multi(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
     if requeue:  # back in its queue: a write, refused when full like any other
         _reject(self, delivery_tag, requeue=True)
-        return
-    _remove_from_indices(self, delivery_tag)
-    kombu_redis.virtual.QoS.ack(self, delivery_tag)
+    else:  # dropped: for the broker the same as an ack
+        _ack(self, delivery_tag)
 
 
 _store = RedisBackend.set
@@ -125,9 +124,9 @@ def _store_unless_full(self: Any, key: Any, value: Any, *args: Any, **kwargs: An
 
 
 kombu_redis.QoS.append = _append  # type: ignore[method-assign]
-RedisBackend.set = _store_unless_full
 kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
 kombu_redis.QoS.reject = _reject_without_multi  # type: ignore[method-assign]
+RedisBackend.set = _store_unless_full
 
 
 def explain_refusal(exc: BaseException) -> str | None:

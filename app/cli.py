@@ -189,13 +189,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     want: dict[str, set[str]] = {}
     for spec in args.instances:
-        name, _, queues = spec.partition("=")
+        name, _, listed = spec.partition("=")
+        queues = set(listed.split(",")) if listed else set()
         if not name or not queues:
             raise UsageError(f"instance {spec!r}: expected NAME=QUEUE[,QUEUE...]")
-        unknown = sorted(set(queues.split(",")) - set(QUEUES))
+        unknown = sorted(queues - set(QUEUES))
         if unknown:
             raise UsageError(f"instance {name}: unknown queue(s) {', '.join(unknown)}")
-        want[name if "@" in name else f"{name}@{socket.gethostname()}"] = set(queues.split(","))
+        want[name if "@" in name else f"{name}@{socket.gethostname()}"] = queues
     app = _app()
     inspect = app.control.inspect(destination=list(want), timeout=args.reply_timeout)
     replies = inspect.active_queues() or {}
@@ -205,8 +206,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
         _print({"not_consuming": missing})
         return EXIT_FAILED
     token = f"gate-{socket.gethostname()}-{time.time():.0f}"
-    queues = sorted(set().union(*want.values()))
-    sent = {q: app.send_task("ops.probe", args=[f"{token}-{q}"], queue=q) for q in queues}
+    probed = sorted(set().union(*want.values()))
+    sent = {q: app.send_task("ops.probe", args=[f"{token}-{q}"], queue=q) for q in probed}
     try:
         served = {q: r.get(timeout=args.probe_timeout)["worker"] for q, r in sent.items()}
     except Exception as exc:  # a probe not served in time: not open yet

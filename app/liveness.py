@@ -28,7 +28,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -260,15 +259,14 @@ class FlowerLiveness(Liveness):
         try:
             with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310 - our URL
                 return "" if response.status == 200 else f"healthcheck answered {response.status}"
-        except (OSError, urllib.error.URLError) as exc:
+        except OSError as exc:  # URLError and timeouts included
             return f"web server does not answer: {exc}"[:200]
 
-    def problem(self) -> str:
-        if self.ready:
-            answer = self.answers()
-            if answer:
-                return answer
-            self.last_stamp = time.monotonic()  # served by the loop just now
+    def problem(self) -> str:  # asked only once ready (Liveness._run)
+        answer = self.answers()
+        if answer:
+            return answer
+        self.last_stamp = time.monotonic()  # served by the loop just now
         return super().problem()
 
     def _run(self) -> None:
