@@ -21,12 +21,6 @@ Here acks (and rejects without requeue) send the two commands pipelined without 
 when full; if the connection drops between them, the index entry or the payload is left alone,
 which the visibility sweep skips or cleans (never a second run).
 
-Results live in the same Redis (until they get their own instance): a result write refused at
-maxmemory used to fail the task's completion itself ("Exception raised outside body"); on the
-threads pool the request then never completed, and once every thread's request was stuck the
-instance consumed nothing, alive to the watchdog (measured: both `notifications` instances
-wedged by one 30 s full broker). Here a refused result write is logged (`result_not_stored`)
-and the task completes and is acked; its result reads PENDING (docs/RUNBOOK.md, "Broker full").
 Imported for its effect by app.celery_app.
 """
 
@@ -37,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.backends.redis import RedisBackend
 from kombu.transport import redis as kombu_redis
 
 from app import liveness, logs
@@ -107,26 +100,9 @@ def _reject_without_multi(self: Any, delivery_tag: Any, requeue: bool = False) -
         _ack(self, delivery_tag)
 
 
-_store = RedisBackend.set
-
-
-def _store_unless_full(self: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return _store(self, key, value, *args, **kwargs)
-    except redis.exceptions.OutOfMemoryError as exc:
-        log.error(
-            "result_not_stored",
-            key=key.decode() if isinstance(key, bytes) else str(key),
-            reason="result store full (OOM)",
-            error=str(exc)[:200],
-        )
-        return None
-
-
 kombu_redis.QoS.append = _append  # type: ignore[method-assign]
 kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
 kombu_redis.QoS.reject = _reject_without_multi  # type: ignore[method-assign]
-RedisBackend.set = _store_unless_full
 
 
 def explain_refusal(exc: BaseException) -> str | None:
@@ -139,5 +115,12 @@ def explain_refusal(exc: BaseException) -> str | None:
             "the broker is full: Redis is at its maxmemory and refuses new messages, so nothing "
             "was queued; consume the backlog or raise redis_maxmemory (docs/RUNBOOK.md, "
             f"'Broker full'). Redis said: {exc}"
+        )
+    if "MISCONF" in str(exc):  # stop-writes-on-bgsave-error: its last snapshot failed
+        return (
+            "the broker refuses writes: Redis could not save its last snapshot (a full disk, or "
+            "no memory to fork) and holds new messages back until a snapshot succeeds, so "
+            "nothing was queued; free disk or memory on the data host (docs/RUNBOOK.md, 'Broker "
+            f"full'). Redis said: {exc}"
         )
     return None

@@ -16,7 +16,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app import broker, db, liveness, logs, threadlimits
+from app import broker, db, liveness, logs, results, threadlimits
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
 from app.queues import QUEUES, queue_for
 from app.settings import get_settings
@@ -150,6 +150,11 @@ def _forget_delivery(key: str) -> None:
         log.warning("delivery_count_not_removed", error=str(exc))
 
 
+# Beat's messages: their results are never read (no caller holds the id; failures show in the
+# logs and Flower), so none is stored.
+BEAT_OPTIONS = {"ignore_result": True}
+
+
 def make_celery() -> Celery:
     s = get_settings()
     app = Celery("app", task_cls=AppTask, include=TASK_MODULES)
@@ -172,7 +177,9 @@ def make_celery() -> Celery:
         # Delivery: a task is acked when done, requeued if its worker dies, so it may run twice
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_track_started=True,
+        # STARTED is one more result write per task: recorded only by the long tasks, whose
+        # callers poll them (track_started=True on their decorators).
+        task_track_started=False,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1000,
         worker_deduplicate_successful_tasks=True,
@@ -180,9 +187,11 @@ def make_celery() -> Celery:
         # limits in every message's header (send_task merges the local task's options), and the
         # header beats the worker's. The worker instance's limits rule: its command line, else
         # APP_TASK_*_TIME_LIMIT (_set_up_pool).
-        # Results
+        # Results, in their own Redis (redis-server@results, evicting): read back by taskctl status
+        # and result, chords and callers; beat's entries ignore theirs (nobody holds their id).
+        # Extended: name, worker, queue and retries for taskctl status, never the arguments
+        # (app.results). result_persistent is for AMQP result queues only.
         result_expires=3600,
-        result_persistent=True,
         result_extended=True,
         result_backend_always_retry=True,
         result_backend_max_retries=20,
@@ -226,18 +235,22 @@ def make_celery() -> Celery:
             "expire-old-quotes": {
                 "task": "maintenance.expire_old_quotes",
                 "schedule": 3600.0,
+                "options": BEAT_OPTIONS,
             },
             "cleanup-expired-reservations": {
                 "task": "maintenance.cleanup_expired_reservations",
                 "schedule": 1800.0,
+                "options": BEAT_OPTIONS,
             },
             "generate-daily-reports": {
                 "task": "data.generate_daily_reports",
                 "schedule": crontab(hour=2, minute=0),
+                "options": BEAT_OPTIONS,
             },
             "backup-pricing-data": {
                 "task": "data.backup_pricing_data",
                 "schedule": crontab(hour=3, minute=0, day_of_week=0),
+                "options": BEAT_OPTIONS,
             },
         },
     )
@@ -250,6 +263,7 @@ def make_celery() -> Celery:
 
 celery_app = make_celery()
 assert broker  # imported for its patch of kombu's Redis QoS (a full broker loses no message)
+assert results  # imported for its patch of the result backend (what a result records)
 # READY/WATCHDOG/STATUS for systemd, once the consumer consumes (app.liveness).
 celery_app.steps["consumer"].add(liveness.WorkerLiveness)
 

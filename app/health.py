@@ -12,7 +12,7 @@ import psutil
 import redis
 from sqlalchemy import text
 
-from app.celery_app import broker_redis
+from app.celery_app import broker_redis, celery_app
 from app.db import get_engine
 from app.queues import QUEUES
 from app.settings import get_settings
@@ -90,6 +90,9 @@ def run_checks(
     def broker() -> None:
         broker_redis().ping()
 
+    def results() -> None:
+        celery_app.backend.client.ping()
+
     def disk() -> dict[str, Any]:
         paths = {_existing(p) for p in (settings.report_dir, settings.backup_dir, "/")}
         usage = {}
@@ -117,6 +120,7 @@ def run_checks(
     checks = {
         "database": _timed(database),
         "redis": _timed(broker),
+        "results": _timed(results),
         "disk": _timed(disk),
         "memory": _timed(memory),
         "queues": _timed(queues),

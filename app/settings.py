@@ -87,7 +87,7 @@ class Settings:
     def from_env(cls) -> Settings:
         s = cls(
             broker_url=_str("APP_BROKER_URL", "redis://localhost:6379/0"),
-            result_backend=_str("APP_RESULT_BACKEND", "redis://localhost:6379/1"),
+            result_backend=_str("APP_RESULT_BACKEND", "redis://localhost:6381/0"),
             database_url=_str("APP_DATABASE_URL", "postgresql+psycopg://app@localhost/app"),
             smtp_host=_str("APP_SMTP_HOST", "localhost"),
             smtp_port=_int("APP_SMTP_PORT", 25, minimum=1),

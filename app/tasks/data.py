@@ -33,7 +33,7 @@ def _report_day(value: Any) -> date:
     return day
 
 
-@celery_app.task(bind=True, name="data.generate_daily_reports")
+@celery_app.task(bind=True, name="data.generate_daily_reports", track_started=True)
 def generate_daily_reports(self: Any, report_date: str | None = None) -> dict[str, Any]:
     """Write the report files of one day (default: yesterday, UTC) into APP_REPORT_DIR."""
     day = _report_day(report_date)
@@ -52,7 +52,7 @@ def generate_daily_reports(self: Any, report_date: str | None = None) -> dict[st
     }
 
 
-@celery_app.task(bind=True, name="data.backup_pricing_data")
+@celery_app.task(bind=True, name="data.backup_pricing_data", track_started=True)
 def backup_pricing_data(self: Any) -> dict[str, Any]:
     """Back up the pricing tables to APP_BACKUP_DIR/pricing-YYYYMMDD.json.gz, keep the newest."""
     settings = get_settings()

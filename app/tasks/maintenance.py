@@ -118,7 +118,7 @@ def check_system_health(
     }
 
 
-@celery_app.task(bind=True, name="maintenance.database_maintenance")
+@celery_app.task(bind=True, name="maintenance.database_maintenance", track_started=True)
 def database_maintenance(self: Any, retention_days: int = 30) -> dict[str, Any]:
     """Delete application logs older than retention_days, then ANALYZE."""
     days = require_int(retention_days, "retention_days", minimum=1, maximum=3650)

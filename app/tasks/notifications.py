@@ -224,7 +224,7 @@ def send_sms(
     }
 
 
-@celery_app.task(bind=True, name="notifications.send_bulk_notifications")
+@celery_app.task(bind=True, name="notifications.send_bulk_notifications", track_started=True)
 def send_bulk_notifications(self: Any, notifications: list[dict[str, Any]]) -> dict[str, Any]:
     """Validate each notification and fan it out (e-mail -> send_quote_email, SMS -> send_sms)."""
     items = require_list(notifications, "notifications")

@@ -25,7 +25,7 @@ from app.validation import (
 log = get_logger(__name__)
 
 
-@celery_app.task(bind=True, name="pricing.calculate_bulk_pricing")
+@celery_app.task(bind=True, name="pricing.calculate_bulk_pricing", track_started=True)
 def calculate_bulk_pricing(self: Any, specifications: list[dict[str, Any]]) -> dict[str, Any]:
     """Price many specifications; a bad one fails alone. Reads only: safe to run twice."""
     items = require_list(specifications, "specifications")

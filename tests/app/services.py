@@ -74,6 +74,9 @@ class RedisServer:
                 self.password,
                 "--logfile",
                 str(self.directory / "redis.log"),
+                # Tests break snapshots on purpose (CONFIG SET dbfilename); never in production.
+                "--enable-protected-configs",
+                "yes",
             ],
         )
         import redis

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
 from conftest import ENV, QUEUES, taskctl, worker_argv
 from services import wait_for
 
@@ -29,6 +30,10 @@ def test_submit_status_and_result(alive: Any) -> None:
     status = json.loads(taskctl("status", task_id).stdout)
     assert status["state"] == "SUCCESS" and status["name"] == "ops.probe"
     assert status["queue"] == "default" and status["worker"].startswith("testworker@")
+    # Extended results name the task and its worker, never its arguments (app.results).
+    stored = redis.Redis.from_url(ENV["APP_RESULT_BACKEND"]).get(f"celery-task-meta-{task_id}")
+    meta = json.loads(stored or b"{}")
+    assert meta["name"] == "ops.probe" and "args" not in meta and "kwargs" not in meta, meta
 
 
 def test_submit_to_an_explicit_queue_and_a_failing_task(alive: Any) -> None:

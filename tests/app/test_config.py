@@ -52,9 +52,9 @@ def test_reliability_settings() -> None:
     assert conf.accept_content == ["json"]
     assert conf.timezone == "UTC" and conf.enable_utc
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_track_started
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and not conf.task_track_started
     assert conf.worker_send_task_events and conf.task_send_sent_event
-    assert conf.result_expires == 3600 and conf.result_persistent and conf.result_extended
+    assert conf.result_expires == 3600 and conf.result_extended
     assert conf.broker_connection_retry_on_startup
     assert conf.worker_cancel_long_running_tasks_on_connection_loss
     # Limits are the worker instance's (command line), never a producer's: no message header.
@@ -122,3 +122,18 @@ def test_beat_interval_override_shortens_every_entry(monkeypatch: pytest.MonkeyP
         settings.get_settings.cache_clear()
     assert {e["schedule"] for e in schedule.values()} == {10.0}
     assert len(schedule) == 4
+
+
+def test_results_are_stored_where_they_are_read() -> None:
+    """STARTED only for the long tasks callers poll; beat's entries store no result."""
+    celery_app.loader.import_default_modules()  # the task modules (as a worker does)
+    tracked = {name for name, task in celery_app.tasks.items() if task.track_started}
+    assert tracked == {
+        "pricing.calculate_bulk_pricing",
+        "notifications.send_bulk_notifications",
+        "data.generate_daily_reports",
+        "data.backup_pricing_data",
+        "maintenance.database_maintenance",
+    }
+    for name, entry in celery_app.conf.beat_schedule.items():
+        assert entry["options"]["ignore_result"] is True, name

@@ -265,6 +265,46 @@ def test_taskctl_names_a_full_broker(redis_server: RedisServer) -> None:
     assert "the broker is full: Redis is at its maxmemory" in proc.stderr, proc.stderr
 
 
+def test_taskctl_names_a_broker_that_cannot_save(redis_server: RedisServer) -> None:
+    """stop-writes-on-bgsave-error (the broker's setting): after a failed snapshot Redis refuses
+    writes with MISCONF; taskctl says why. The snapshot fails for real: its file is a directory."""
+    admin = redis.Redis.from_url(redis_server.url(0))
+    blocker = redis_server.directory / "blocked.rdb"
+    blocker.mkdir(exist_ok=True)
+    saved = admin.config_get("*")
+    env = {**os.environ, **ENV, "APP_BROKER_URL": redis_server.url(BROKER_DB)}
+    admin.config_set("save", "3600 1")
+    admin.config_set("stop-writes-on-bgsave-error", "yes")
+    admin.config_set("dbfilename", "blocked.rdb")
+    try:
+        admin.bgsave()
+        wait_for(
+            lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 20, "a failure"
+        )
+        proc = subprocess.run(
+            [
+                str(Path(os.sys.executable).parent / "taskctl"),
+                "submit",
+                "ops.probe",
+                "--args",
+                '["x"]',
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        admin.config_set("dbfilename", saved["dbfilename"])
+        admin.bgsave()
+        wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "ok", 20, "a save")
+        admin.config_set("save", saved["save"])
+        blocker.rmdir()
+    assert proc.returncode == 1
+    assert "Redis could not save its last snapshot" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_soft_time_limit_holds_on_every_pool(notified: Any, pool: str) -> None:
     """The instance's soft limit stops the task on each pool shipped (on threads, where Celery

@@ -82,7 +82,8 @@ def test_healthy_system_sends_no_alert(alive: Any) -> None:
     out = run("maintenance.check_system_health").result
     assert out["health_status"]["healthy"], out
     assert out["alert_task_id"] is None
-    assert set(out["health_status"]["checks"]) == {"database", "redis", "disk", "memory", "queues"}
+    checks = {"database", "redis", "results", "disk", "memory", "queues"}
+    assert set(out["health_status"]["checks"]) == checks
 
 
 def test_unhealthy_system_mails_an_alert(alive: Any, smtp_server: SmtpServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -206,3 +207,12 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
     assert '"event": "beat: Starting..."' in text
     assert "Traceback" not in text and '"level": "error"' not in text
     assert "Traceback" not in stderr and "beat: Starting" not in stderr
+
+
+def test_a_message_sent_with_ignore_result_runs_and_stores_nothing(alive: Any) -> None:
+    """What beat's entries send (BEAT_OPTIONS): the task runs, the result store gets no key."""
+    token = uuid.uuid4().hex
+    sent = celery_app.send_task("ops.probe", [token], ignore_result=True)
+    wait_for(lambda: probe_row(token).completions == 1, 30, "the probe's completion")
+    time.sleep(2)  # the result would be written right after the body: give it the time
+    assert celery_app.backend.client.get(celery_app.backend.get_key_for_task(sent.id)) is None

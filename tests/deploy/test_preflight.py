@@ -213,6 +213,18 @@ CASES = {
         lambda i: set_all(i, celery_app_redis_tls=True),
         "celery_app_tls_ca_src must name the CA",
     ),
+    "result store that does not evict": (
+        lambda i: set_all(i, redis_results_maxmemory_policy="noeviction"),
+        "redis_results_maxmemory_policy must be allkeys-lru",
+    ),
+    "redis memory limits above half of the host's memory": (
+        lambda i: set_all(i, redis_maxmemory="64gb", redis_results_maxmemory="64gb"),
+        "redis_maxmemory (64gb) + redis_results_maxmemory (64gb) = 131072 MiB",
+    ),
+    "result store on the broker's port": (
+        lambda i: set_all(i, redis_results_port=6379),
+        "the ports Redis listens on must differ",
+    ),
     "redis port out of range": (
         lambda i: set_all(i, celery_app_redis_port=70000),
         "celery_app_redis_port",

@@ -17,7 +17,12 @@ testinfra_hosts = ["outsider1"]
 CLUSTER = ["data1", "worker1", "worker2", "ops1"]
 EVERY_HOST = [*CLUSTER, "outsider1"]
 # The services the firewall closes to outsiders: (host, port, what).
-SERVICES = [("data1", 6380, "Redis (TLS)"), ("data1", 5432, "PostgreSQL"), ("ops1", 5555, "Flower")]
+SERVICES = [
+    ("data1", 6380, "Redis broker (TLS)"),
+    ("data1", 6382, "Redis results (TLS)"),
+    ("data1", 5432, "PostgreSQL"),
+    ("ops1", 5555, "Flower"),
+]
 # Where a leaked secret would be: configuration, the app, its data and logs, the data services.
 LEAK_DIRS = (
     "/etc /opt/celery /var/lib/celery /var/log/celery /var/lib/redis /var/log/redis "
@@ -73,25 +78,27 @@ def test_services_reachable_from_a_worker() -> None:
 
 def test_redis_plain_port_closed() -> None:
     data = other_host("data1")
-    assert not data.socket("tcp://0.0.0.0:6379").is_listening
-    assert not data.socket("tcp://127.0.0.1:6379").is_listening
-    assert not connects(other_host("worker1"), address("data1"), 6379)
+    for port in (6379, 6381):  # the broker's and the result store's plain ports
+        assert not data.socket(f"tcp://0.0.0.0:{port}").is_listening, port
+        assert not data.socket(f"tcp://127.0.0.1:{port}").is_listening, port
+        assert not connects(other_host("worker1"), address("data1"), port), port
 
 
 def test_app_settings_use_tls() -> None:
     env = other_host("worker1").check_output("cat /etc/celery/app.env")
     urls = dict(line.split("=", 1) for line in env.splitlines() if line.startswith("APP_"))
     data = address("data1")
-    for key in ("APP_BROKER_URL", "APP_RESULT_BACKEND"):
-        assert urls[key].startswith('"rediss://') and f"@{data}:6380/" in urls[key], key
+    for key, port in (("APP_BROKER_URL", 6380), ("APP_RESULT_BACKEND", 6382)):
+        assert urls[key].startswith('"rediss://') and f"@{data}:{port}/0?" in urls[key], key
         assert "ssl_cert_reqs=required&ssl_ca_certs=/etc/celery/ca.pem" in urls[key], key
     assert "sslmode=verify-full&sslrootcert=/etc/celery/ca.pem" in urls["APP_DATABASE_URL"]
 
 
-def test_redis_certificate_verified_against_the_ca() -> None:
+@pytest.mark.parametrize("port", [6380, 6382], ids=["broker", "results"])
+def test_redis_certificate_verified_against_the_ca(port: int) -> None:
     worker, data = other_host("worker1"), address("data1")
     s_client = (
-        f"openssl s_client -connect {data}:6380 -verify_return_error -verify_ip {data} -brief"
+        f"openssl s_client -connect {data}:{port} -verify_return_error -verify_ip {data} -brief"
     )
     ok = worker.run(f"timeout 20 {s_client} -CAfile /etc/celery/ca.pem </dev/null")
     assert ok.rc == 0 and "Verification: OK" in ok.stderr, ok.stderr

@@ -7,6 +7,7 @@ instance `active` but dead, each injected under live load with consumers running
   once (another host runs it within seconds), not after the visibility timeout.
 - The broker at maxmemory for 30 s while tasks flow: 0 lost, 0 run twice, no instance wedged or
   restarted, new tasks run within 60 s of memory being freed, no step by hand.
+- The result store (its own Redis) at maxmemory for 30 s: it evicts, tasks keep running.
 - `systemctl status` shows each instance's live STATUS line.
 """
 
@@ -195,18 +196,29 @@ def test_stop_requeues_a_task_past_the_grace(healed: Any, hostvars: dict[str, An
 ORIGINAL_MAXMEMORY: dict[str, str] = {}
 
 
-def broker_admin(command: str, check: bool = True) -> str:
+BROKER_PORT, RESULTS_PORT = 6380, 6382  # TLS ports of redis-server and redis-server@results
+
+
+def broker_admin(command: str, check: bool = True, port: int = BROKER_PORT) -> str:
     """redis-cli as the admin user on data1 (TLS port, password from the lab's secrets)."""
     data1 = other_host("data1")
     secret = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".lab/secrets/redis_admin_password")
     cli = (
         f"REDISCLI_AUTH={secret.read_text().strip()} redis-cli --no-auth-warning --user admin "
-        "--tls --cacert /etc/redis/tls/ca.crt -h data1 -p 6380 "
+        f"--tls --cacert /etc/redis/tls/ca.crt -h data1 -p {port} "
     )
     out = data1.run(cli + command)
     if check:
         assert out.rc == 0 and "ERR" not in out.stdout, out.stdout + out.stderr
     return str(out.stdout.strip())
+
+
+def results_admin(command: str) -> str:
+    return broker_admin(command, port=RESULTS_PORT)
+
+
+def info_field(text: str, field: str) -> int:
+    return int(text.split(f"{field}:", 1)[1].split()[0])
 
 
 def test_broker_full_for_30_s_under_load(healed: Any) -> None:
@@ -220,8 +232,7 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
         time.sleep(8)
         # A backlog, so that the consumers are popping messages when writes start to fail.
         send_many(ops1, backlog, 300, QUEUES, sleep_seconds=0.2)
-        info = broker_admin("INFO memory")
-        used = int(info.split("used_memory:", 1)[1].split()[0])
+        used = info_field(broker_admin("INFO memory"), "used_memory")
         broker_admin(f"CONFIG SET maxmemory {used // 2}")  # full now: writes refused
         time.sleep(30)
         broker_admin(f"CONFIG SET maxmemory {ORIGINAL_MAXMEMORY['value']}")
@@ -249,6 +260,67 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     # Acks go through while the broker is full (app/broker.py): nothing may run twice.
     twice = c["duplicated"] + c_backlog["duplicated"] + c_after["duplicated"]
     assert twice == 0, (c, c_backlog, c_after)
+
+
+# 4 MiB of junk per call (400 keys of 10 KiB), written by the admin in one script: newer than
+# any result, so that the eviction policy has to choose among the results too.
+FILL_RESULTS = (
+    "EVAL \"for i = 1, 400 do redis.call('SET', 'fill:' .. ARGV[1] .. ':' .. i, "
+    "string.rep('x', 10240)) end\" 0 "
+)
+
+
+def results_refused() -> int:
+    """Result writes the workers logged as refused (app/results.py), on both hosts."""
+    grep = "cat /var/log/celery/*.log | grep -c result_not_stored || true"
+    return sum(int(other_host(w).check_output(grep) or 0) for w in WORKERS)
+
+
+def test_results_store_full_tasks_keep_running(healed: Any) -> None:
+    """The result store at its maxmemory for 30 s while probes flow: it evicts, never refuses;
+    0 lost, 0 run twice, no instance restarted, the broker untouched, results readable after."""
+    ops1 = healed
+    limit = results_admin("CONFIG GET maxmemory").splitlines()[-1]
+    evicted = info_field(results_admin("INFO stats"), "evicted_keys")
+    broker_used = info_field(broker_admin("INFO memory"), "used_memory")
+    pids = {w: main_pid(other_host(w), "celery-worker@pricing") for w in WORKERS}
+    refused_before = results_refused()
+    try:
+        with Load(ops1, "resultsfull") as load:
+            time.sleep(5)
+            used = info_field(results_admin("INFO memory"), "used_memory")
+            results_admin(f"CONFIG SET maxmemory {used + 2 * 1024 * 1024}")
+            full_until = time.monotonic() + 30
+            i = 0
+            while time.monotonic() < full_until:  # kept full: junk keeps arriving
+                results_admin(FILL_RESULTS + str(i))
+                i += 1
+                time.sleep(1)
+            memory = results_admin("INFO memory")
+            at_limit = info_field(memory, "used_memory") >= info_field(memory, "maxmemory") * 0.9
+    finally:
+        results_admin(f"CONFIG SET maxmemory {limit}")
+        results_admin(
+            "EVAL \"for _, k in ipairs(redis.call('KEYS', 'fill:*')) do "
+            "redis.call('DEL', k) end\" 0"
+        )
+    c = wait_done(ops1, load.prefix, load.sent, 180, "result store full for 30 s under load")
+    evictions = info_field(results_admin("INFO stats"), "evicted_keys") - evicted
+    figure(
+        f"RELIABILITY results full: {load.sent} sent, {c['completed']} completed, "
+        f"{evictions} keys evicted, {load.refused} refused at publish"
+    )
+    assert at_limit and evictions > 0, "the result store was never full: no fault injected"
+    assert results_refused() == refused_before, "result writes were refused: it did not evict"
+    assert (c["lost"], c["duplicated"], load.refused) == (0, 0, 0), c
+    restarted = {w for w in WORKERS if main_pid(other_host(w), "celery-worker@pricing") != pids[w]}
+    assert not restarted, f"pricing restarted on {sorted(restarted)} while results were full"
+    # The broker is another server: its memory did not take the results' load.
+    assert info_field(broker_admin("INFO memory"), "used_memory") < broker_used + 64 * 1024 * 1024
+    # A result written now is stored and read back.
+    task_id = ops1.check_output("taskctl submit ops.probe --args '[\"after-results-full\"]'")
+    done = ops1.run(f"taskctl result {task_id.strip()} --wait --timeout 60")
+    assert done.rc == 0 and "after-results-full" in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.timeout(1200)

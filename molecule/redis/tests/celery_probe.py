@@ -1,9 +1,9 @@
 """A real Celery round trip through Redis as the ACL user `celery`: proves the ACL is sufficient.
 
 Run by test_redis.py on the controller (which has Celery in .venv) against the lab's Redis.
-Exercises what a deployment uses: task queues (LPUSH/BRPOP, unacked index), results on db 1 with
+Exercises what a deployment uses: task queues (LPUSH/BRPOP, unacked index), results with
 pub/sub waiters, groups and chords (the backend's Lua scripts), remote control (pidbox: fanout
-PUBLISH/PSUBSCRIBE and reply queues) and task events.
+PUBLISH/PSUBSCRIBE and reply queues) and task events. Results go to the result store instance.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The redis role on a real systemd host: service, addresses, authentication, ACL, persistence."""
+"""The redis role on a real systemd host: the broker and the result store, their addresses,
+authentication, ACL, persistence and memory policies."""
 
 from __future__ import annotations
 
@@ -17,17 +18,22 @@ testinfra_hosts = ["redis_servers"]
 
 PORT = 6379
 TLS_PORT = 6380
+RESULTS_PORT = 6381  # the result store, redis-server@results
+RESULTS_TLS_PORT = 6382
+UNITS = ["redis-server", "redis-server@results"]
 CA = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "tls" / "ca.crt"
 
 
-def client(address: str, user: str | None, password: str | None, db: int = 0) -> redis.Redis:
+def client(
+    address: str, user: str | None, password: str | None, db: int = 0, port: int = PORT
+) -> redis.Redis:
     return redis.Redis(
-        host=address, port=PORT, db=db, username=user, password=password, socket_timeout=5
+        host=address, port=port, db=db, username=user, password=password, socket_timeout=5
     )
 
 
-def admin(hostvars: dict[str, Any], address: str = "127.0.0.1") -> redis.Redis:
-    return client(address, "admin", hostvars["redis_admin_password"])
+def admin(hostvars: dict[str, Any], address: str = "127.0.0.1", port: int = PORT) -> redis.Redis:
+    return client(address, "admin", hostvars["redis_admin_password"], port=port)
 
 
 def tls_client(address: str, user: str, password: str, ca: Path | None = CA) -> redis.Redis:
@@ -49,13 +55,14 @@ def listening(host: Any, port: int) -> set[str]:
     return {s for s in host.socket.get_listening_sockets() if s.rsplit(":", 1)[-1] == str(port)}
 
 
-def test_service_active_and_enabled(host: Any) -> None:
-    service = host.service("redis-server")
+@pytest.mark.parametrize("unit", UNITS)
+def test_service_active_and_enabled(host: Any, unit: str) -> None:
+    service = host.service(unit)
     assert service.is_running
     assert service.is_enabled
 
 
-@pytest.mark.parametrize("port", [PORT, TLS_PORT])
+@pytest.mark.parametrize("port", [PORT, TLS_PORT, RESULTS_PORT, RESULTS_TLS_PORT])
 def test_listens_on_localhost_and_cluster_address_only(
     host: Any, cluster_address: str, port: int
 ) -> None:
@@ -97,12 +104,14 @@ def test_acl_file_holds_hashes_only(host: Any, hostvars: dict[str, Any]) -> None
 
 
 def test_config_owned_by_root(host: Any) -> None:
-    conf = host.file("/etc/redis/redis.conf")
-    assert (conf.user, conf.group, conf.mode) == ("root", "redis", 0o640)
+    for path in ("/etc/redis/redis.conf", "/etc/redis/redis-results.conf"):
+        conf = host.file(path)
+        assert (conf.user, conf.group, conf.mode) == ("root", "redis", 0o640), path
     directory = host.file("/etc/redis")
     assert (directory.user, directory.group, directory.mode) == ("root", "redis", 0o750)
     overrides = host.check_output("dpkg-statoverride --list '/etc/redis*'").splitlines()
     assert sorted(overrides) == [
+        "root redis 640 /etc/redis/redis-results.conf",
         "root redis 640 /etc/redis/redis.conf",
         "root redis 750 /etc/redis",
     ]
@@ -151,11 +160,11 @@ def test_default_user_disabled(cluster_address: str, hostvars: dict[str, Any]) -
         client(cluster_address, "default", hostvars["redis_admin_password"]).ping()
 
 
-@pytest.mark.parametrize("db", [0, 1])
-def test_celery_user_works_on_broker_and_results_db(
-    cluster_address: str, hostvars: dict[str, Any], db: int
+@pytest.mark.parametrize(("port", "db"), [(PORT, 0), (PORT, 1), (RESULTS_PORT, 0)])
+def test_celery_user_works_on_broker_and_results(
+    cluster_address: str, hostvars: dict[str, Any], port: int, db: int
 ) -> None:
-    r = client(cluster_address, "celery", hostvars["redis_celery_password"], db=db)
+    r = client(cluster_address, "celery", hostvars["redis_celery_password"], db=db, port=port)
     assert r.ping()
     r.set(f"molecule-probe-{db}", "ok", ex=60)
     assert r.get(f"molecule-probe-{db}") == b"ok"
@@ -200,9 +209,13 @@ def test_debug_command_disabled_for_everyone(
             client(cluster_address, user, password).execute_command("DEBUG", "SLEEP", "0")
 
 
-def test_celery_user_only_databases_0_and_1(cluster_address: str, hostvars: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("port", "db"), [(PORT, 2), (RESULTS_PORT, 1)])
+def test_celery_user_only_the_databases_in_use(
+    cluster_address: str, hostvars: dict[str, Any], port: int, db: int
+) -> None:
     with pytest.raises(redis.exceptions.ResponseError, match="DB index is out of range"):
-        client(cluster_address, "celery", hostvars["redis_celery_password"], db=2).ping()
+        r = client(cluster_address, "celery", hostvars["redis_celery_password"], db=db, port=port)
+        r.ping()
 
 
 def test_persistence_and_memory_policy(hostvars: dict[str, Any], cluster_address: str) -> None:
@@ -215,9 +228,25 @@ def test_persistence_and_memory_policy(hostvars: dict[str, Any], cluster_address
     assert int(config["maxmemory"]) == 64 * 1024 * 1024  # redis_maxmemory of the scenario
     assert config["protected-mode"] == "yes"
     assert config["databases"] == "2"
+    assert config["stop-writes-on-bgsave-error"] == "yes"
     info = r.info("persistence")
     assert info["aof_enabled"] == 1
     assert info["aof_last_write_status"] == "ok"
+
+
+def test_result_store_persistence_and_memory_policy(
+    hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    """Results: snapshots only, a memory limit of their own, evicting; a failed snapshot stops
+    nothing."""
+    config = admin(hostvars, cluster_address, port=RESULTS_PORT).config_get("*")
+    assert config["appendonly"] == "no"
+    assert config["save"] == "3600 1 300 100 60 10000"
+    assert config["stop-writes-on-bgsave-error"] == "no"
+    assert config["maxmemory-policy"] == "allkeys-lru"
+    assert int(config["maxmemory"]) == 32 * 1024 * 1024  # redis_results_maxmemory of the scenario
+    assert config["databases"] == "1"
+    assert config["dbfilename"] == "results.rdb"
 
 
 def test_full_broker_refuses_writes_instead_of_evicting(
@@ -241,6 +270,25 @@ def test_full_broker_refuses_writes_instead_of_evicting(
         adm.config_set("maxmemory", limit)
 
 
+def test_full_result_store_evicts_instead_of_refusing(
+    hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    """allkeys-lru at work: past maxmemory a result write succeeds and old keys go."""
+    adm = admin(hostvars, cluster_address, port=RESULTS_PORT)
+    celery = client(cluster_address, "celery", hostvars["redis_celery_password"], port=RESULTS_PORT)
+    limit = adm.config_get("maxmemory")["maxmemory"]
+    evicted = adm.info("stats")["evicted_keys"]
+    adm.config_set("maxmemory", str(adm.info("memory")["used_memory"] + 1024 * 1024))
+    try:
+        for i in range(64):  # 4 MiB into 1 MiB of room: never refused
+            celery.set(f"molecule-result-{i}", "x" * 65536, ex=600)
+        assert celery.get("molecule-result-63") is not None
+        assert adm.info("stats")["evicted_keys"] > evicted
+    finally:
+        celery.delete(*[f"molecule-result-{i}" for i in range(64)])
+        adm.config_set("maxmemory", limit)
+
+
 def test_overcommit_configured(host: Any) -> None:
     assert "vm.overcommit_memory=1" in host.file("/etc/sysctl.d/60-redis.conf").content_string
 
@@ -251,23 +299,26 @@ def test_celery_round_trip_as_acl_user(
 ) -> None:
     """A real worker: results, group, chord, remote control, events; nothing refused by the ACL."""
     adm = admin(hostvars, cluster_address)
-    adm.execute_command("ACL", "LOG", "RESET")
+    for server in (adm, admin(hostvars, cluster_address, port=RESULTS_PORT)):
+        server.execute_command("ACL", "LOG", "RESET")
     password = hostvars["redis_celery_password"]
     port, query = (
         (PORT, "")
         if scheme == "redis"
         else (TLS_PORT, f"?ssl_cert_reqs=required&ssl_ca_certs={CA}")
     )
-    base = f"{scheme}://celery:{password}@{cluster_address}:{port}"
-    out = run_probe(f"{base}/0{query}", f"{base}/1{query}")
+    results_port = RESULTS_PORT if scheme == "redis" else RESULTS_TLS_PORT
+    base = f"{scheme}://celery:{password}@{cluster_address}"
+    out = run_probe(f"{base}:{port}/0{query}", f"{base}:{results_port}/0{query}")
     assert out["single"] == 5
     assert out["group"] == [0, 2, 4, 6]
     assert out["chord"] == 10
     assert [next(iter(reply.values())) for reply in out["ping"]] == [{"ok": "pong"}]
     assert out["active_queues"]
     assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= set(out["events"])
-    denied = adm.execute_command("ACL", "LOG")
-    assert denied == [], denied
+    for server in (adm, admin(hostvars, cluster_address, port=RESULTS_PORT)):
+        denied = server.execute_command("ACL", "LOG")
+        assert denied == [], denied
 
 
 def test_back_after_reboot_with_data(
@@ -281,10 +332,9 @@ def test_back_after_reboot_with_data(
     lab_reboot(host.backend.get_hostname())
     assert host.run("systemctl is-system-running --wait").stdout.strip() == "running"
     assert host.check_output("cut -d' ' -f22 /proc/1/stat") != init_started
-    service = host.service("redis-server")
-    assert service.is_running
-    assert service.is_enabled
-    for port in (PORT, TLS_PORT):
+    for unit in UNITS:
+        assert host.service(unit).is_running and host.service(unit).is_enabled, unit
+    for port in (PORT, TLS_PORT, RESULTS_PORT, RESULTS_TLS_PORT):
         assert listening(host, port) == {
             f"tcp://127.0.0.1:{port}",
             f"tcp://{cluster_address}:{port}",
