@@ -110,13 +110,16 @@ class SmsGateway:
         self.server.server_close()
 
 
-def taskctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def taskctl(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """taskctl as an operator runs it, with the tests' settings (and `env` over them)."""
     return subprocess.run(
         [str(BIN / "taskctl"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **ENV},
+        env={**os.environ, **ENV, **(env or {})},
         cwd=ROOT,
     )
 

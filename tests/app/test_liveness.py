@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ENV, ROOT, WORK, worker_argv
+from conftest import ENV, ROOT, WORK, taskctl, worker_argv
 from services import RedisServer, free_port, wait_for
 from test_worker_lifecycle import counts
 
@@ -242,23 +242,10 @@ def test_tasks_ending_while_the_broker_is_full_are_acked_and_free_their_slot(
 
 def test_taskctl_names_a_full_broker(redis_server: RedisServer) -> None:
     admin = redis.Redis.from_url(redis_server.url(0))
-    env = {**os.environ, **ENV, "APP_BROKER_URL": redis_server.url(BROKER_DB)}
+    env = {"APP_BROKER_URL": redis_server.url(BROKER_DB)}
     admin.config_set("maxmemory", "1")
     try:
-        proc = subprocess.run(
-            [
-                str(Path(os.sys.executable).parent / "taskctl"),
-                "submit",
-                "ops.probe",
-                "--args",
-                '["x"]',
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = taskctl("submit", "ops.probe", "--args", '["x"]', env=env)
     finally:
         admin.config_set("maxmemory", "0")
     assert proc.returncode == 1
@@ -272,7 +259,7 @@ def test_taskctl_names_a_broker_that_cannot_save(redis_server: RedisServer) -> N
     blocker = redis_server.directory / "blocked.rdb"
     blocker.mkdir(exist_ok=True)
     saved = admin.config_get("*")
-    env = {**os.environ, **ENV, "APP_BROKER_URL": redis_server.url(BROKER_DB)}
+    env = {"APP_BROKER_URL": redis_server.url(BROKER_DB)}
     admin.config_set("save", "3600 1")
     admin.config_set("stop-writes-on-bgsave-error", "yes")
     admin.config_set("dbfilename", "blocked.rdb")
@@ -281,20 +268,7 @@ def test_taskctl_names_a_broker_that_cannot_save(redis_server: RedisServer) -> N
         wait_for(
             lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 20, "a failure"
         )
-        proc = subprocess.run(
-            [
-                str(Path(os.sys.executable).parent / "taskctl"),
-                "submit",
-                "ops.probe",
-                "--args",
-                '["x"]',
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = taskctl("submit", "ops.probe", "--args", '["x"]', env=env)
     finally:
         admin.config_set("dbfilename", saved["dbfilename"])
         admin.bgsave()

@@ -145,6 +145,10 @@ def one_name_two_visibilities(inv: dict[str, Any]) -> None:
     }
 
 
+def misspelt_key(inv: dict[str, Any]) -> None:
+    workers(inv)[2]["time_limt"] = 1800  # the instance would silently keep the default
+
+
 def solo_pool(inv: dict[str, Any]) -> None:
     workers(inv)[0]["pool"] = "solo"
 
@@ -180,6 +184,7 @@ CASES = {
         "Instance pricing has the visibility timeouts 90, 145",
     ),
     "solo pool (no time limits)": (solo_pool, "(got solo)"),
+    "misspelt instance key": (misspelt_key, "unknown keys time_limt"),
     "redis appendfsync no": (
         lambda i: set_all(i, redis_appendfsync="no"),
         "redis_appendfsync must be always or everysec",
