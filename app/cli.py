@@ -217,6 +217,72 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    app = _app()
+    # Broadcast: every running worker drops the task when it comes (or kills it, --terminate).
+    # Workers keep the list in memory only: one started after this would still run it.
+    app.control.revoke(args.id, terminate=args.terminate, signal="SIGTERM")
+    _print({"revoked": args.id, "terminate": args.terminate})
+    return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    if args.queue not in QUEUES:
+        raise UsageError(f"unknown queue {args.queue!r}; queues: {', '.join(QUEUES)}")
+    from app.health import queue_lengths
+
+    waiting = queue_lengths()[args.queue]
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("purge deletes messages for good: confirm with --yes")
+        answer = input(f"Delete the {waiting} message(s) waiting in {args.queue}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("taskctl: nothing purged", file=sys.stderr)
+            return EXIT_FAILED
+    app = _app()
+    with app.connection_for_write() as conn:
+        # kombu's Redis transport deletes the queue's list and its priority sub-lists; messages
+        # already delivered (unacked) are not waiting and stay.
+        purged = conn.default_channel.queue_purge(args.queue)
+    _print({"queue": args.queue, "purged": purged})
+    return EXIT_OK
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models import ApplicationLog
+
+    since = datetime.now(UTC) - timedelta(hours=args.hours)
+    with session_scope() as session:
+        rows = session.execute(
+            select(ApplicationLog.created_at, ApplicationLog.data)
+            .where(ApplicationLog.event == "task_failed", ApplicationLog.created_at >= since)
+            .order_by(ApplicationLog.created_at.desc())
+            .limit(args.limit)
+        ).all()
+    failures = [
+        {
+            "at": at.isoformat(timespec="seconds"),
+            "task": data.get("task_name"),
+            "id": data.get("task_id"),
+            "retries": data.get("retries"),
+            "error": data.get("error"),
+        }
+        for at, data in rows
+    ]
+    if args.json:
+        _print(failures)
+    else:
+        for f in failures:
+            print(f"{f['at']}  {f['task']:<40} {f['id']}  {(f['error'] or '')[:120]}")
+        print(f"{len(failures)} failure(s) in the last {args.hours:g} h", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
 
     app = _app()
@@ -301,6 +367,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reply-timeout", type=float, default=5.0, help="seconds for the inspect")
     s.add_argument("--probe-timeout", type=float, default=60.0, help="seconds for the probes")
     s.set_defaults(func=cmd_gate)
+
+    s = sub.add_parser("revoke", help="workers drop a task (or stop it: --terminate)")
+    s.add_argument("id")
+    s.add_argument("--terminate", action="store_true", help="SIGTERM it if already running")
+    s.set_defaults(func=cmd_revoke)
+
+    s = sub.add_parser("purge", help="delete the messages waiting in a queue (asks first)")
+    s.add_argument("queue")
+    s.add_argument("--yes", action="store_true", help="do not ask")
+    s.set_defaults(func=cmd_purge)
+
+    s = sub.add_parser("failed", help="recent final failures: time, task, id, error")
+    s.add_argument("--hours", type=float, default=24.0, help="how far back (default 24)")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_failed)
 
     s = sub.add_parser("tasks", help="registered tasks and their queue")
     s.set_defaults(func=cmd_tasks)

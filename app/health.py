@@ -1,7 +1,9 @@
-"""Health checks: database, Redis, disk, memory, and real queue lengths read from Redis."""
+"""Health checks: database, Redis, disk, memory, and real queue lengths read from Redis; and the
+incident they open or close (one alert per incident, not one per check)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -14,12 +16,15 @@ from sqlalchemy import text
 
 from app.celery_app import broker_redis, celery_app
 from app.db import get_engine
+from app.logs import get_logger
 from app.queues import QUEUES
 from app.settings import get_settings
 
 # kombu's Redis transport keeps priorities > 0 in sub-lists named QUEUE + SEP + PRIORITY.
 PRIORITY_SEP = "\x06\x16"
 PRIORITIES = range(1, 10)
+
+log = get_logger(__name__)
 
 DEFAULT_MAX_QUEUE_LENGTH = 10_000
 DEFAULT_MIN_DISK_FREE_PERCENT = 10.0
@@ -133,3 +138,34 @@ def run_checks(
         "checks": checks,
         "host": os.uname().nodename,
     }
+
+
+# The open incident (its failing checks, since when), kept in the broker: when the broker is down
+# no health task runs at all, so it is there whenever a check can read it.
+INCIDENT_KEY = "health:incident"
+
+
+def track_incident(status: dict[str, Any], client: redis.Redis | None = None) -> str | None:
+    """Where this check stands against the open incident: "opened" (a new one, or other checks
+    failing than before: alert), "ongoing" (the same checks still failing: no new alert),
+    "resolved" (healthy again after one: alert once more), or None (healthy, nothing open).
+    When the record cannot be read or written, it answers "opened": an alert twice rather than
+    none."""
+    failing = sorted(name for name, check in status["checks"].items() if not check["ok"])
+    client = client or broker_redis()
+    try:
+        raw = client.get(INCIDENT_KEY)
+        current = json.loads(raw) if raw else None
+        if not failing:
+            if current is None:
+                return None
+            client.delete(INCIDENT_KEY)
+            return "resolved"
+        if current is not None and current.get("checks") == failing:
+            return "ongoing"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        client.set(INCIDENT_KEY, json.dumps({"checks": failing, "since": since}))
+        return "opened"
+    except (redis.RedisError, ValueError) as exc:
+        log.warning("incident_state_unavailable", error=str(exc)[:200])
+        return "opened" if failing else None

@@ -1,17 +1,45 @@
-"""Sending e-mail over SMTP; failures sorted into temporary (4xx, no connection) and permanent."""
+"""E-mail: bodies rendered from the templates in app/templates (HTML with a plain-text
+alternative, every value escaped in the HTML), sent over SMTP; failures sorted into temporary
+(4xx, no connection) and permanent."""
 
 from __future__ import annotations
 
 import smtplib
 import ssl
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from functools import lru_cache
+from typing import Any
+
+import jinja2
 
 from app.errors import PermanentError, TemporaryError
 from app.settings import get_settings
 
 Attachment = tuple[str, bytes, str]  # filename, content, MIME type "type/subtype"
+
+
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    # .html autoescaped (a customer name "<b>" arrives as text), .txt as is; a missing value is
+    # an error, never an empty string in a customer's mail.
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("app", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def render(name: str, subject: str, **context: Any) -> tuple[str, str]:
+    """The plain-text and HTML bodies of mail `name` (templates/NAME.txt and NAME.html)."""
+    env = _templates()
+    values = {"subject": subject, "sent_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    values.update(context)
+    text = env.get_template(f"{name}.txt").render(values)
+    return text, env.get_template(f"{name}.html").render(values)
 
 
 def build_message(
@@ -20,7 +48,10 @@ def build_message(
     body: str,
     attachments: Sequence[Attachment] = (),
     message_id: str | None = None,
+    html: str | None = None,
 ) -> EmailMessage:
+    """A message with `body` as text/plain and, given `html`, a text/html alternative; the
+    attachments after them (multipart/mixed)."""
     settings = get_settings()
     msg = EmailMessage()
     msg["From"] = settings.mail_from
@@ -30,6 +61,8 @@ def build_message(
     domain = settings.mail_from.rpartition("@")[2] or "localhost"
     msg["Message-ID"] = message_id or make_msgid(domain=domain)
     msg.set_content(body)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
     for filename, content, mime in attachments:
         maintype, _, subtype = mime.partition("/")
         msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)

@@ -94,13 +94,15 @@ def check_system_health(
             require_number(max_memory_percent, "max_memory_percent", maximum=100)
         ),
     )
+    incident = health.track_incident(status)
     alert_id = None
     if not status["healthy"]:
-        log.warning("system_unhealthy", problems=status["problems"])
+        log.warning("system_unhealthy", problems=status["problems"], incident=incident)
+    if incident in ("opened", "resolved"):
         alert = send_system_alert.apply_async(
             (
                 {
-                    "alert_type": "system_health",
+                    "alert_type": "system_health" if incident == "opened" else "system_health_ok",
                     "problems": status["problems"],
                     "status": status,
                     "timestamp": _now(),
@@ -112,6 +114,7 @@ def check_system_health(
         alert_id = alert.id
     return {
         "health_status": status,
+        "incident": incident,
         "alert_task_id": alert_id,
         "execution_time": _now(),
         "status": "success",
@@ -150,9 +153,18 @@ def send_system_alert(self: Any, alert_data: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("alert_data: larger than 100000 bytes")
     recipients = list(get_settings().alert_recipients)
     run = self.request.id or f"local-{time.time_ns()}"
+    subject = f"System Alert - {alert_type}"
+    problems = data.get("problems")
+    text_body, html = mail.render(
+        "system_alert",
+        subject,
+        alert_type=alert_type,
+        problems=[str(p) for p in problems] if isinstance(problems, list) else [],
+        data_json=body,
+    )
     with session_scope() as session:
         for address in recipients:
-            msg = mail.build_message([address], f"System Alert - {alert_type}", body)
+            msg = mail.build_message([address], subject, text_body, html=html)
             deliver_once(
                 session, f"alert:{run}:{address}", "email", address, partial(mail.send, msg)
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -78,10 +77,15 @@ def send_quote_email(
         }
         number = quote.quote_number
         subject = f"Quote #{number}"
-        body = (
-            f"Dear {quote.customer.name},\n\nplease find attached quote {number} "
-            f"(version {quote.current_version}), total {quote.total_price}, valid until "
-            f"{details['valid_until']}.\n\n{message or ''}\n"
+        body, html = mail.render(
+            "quote_email",
+            subject,
+            customer_name=quote.customer.name,
+            quote_number=number,
+            version=quote.current_version,
+            total_price=str(quote.total_price),
+            valid_until=details["valid_until"],
+            message=message,
         )
         key = f"quote:{qid}:v{quote.current_version}:{address.lower()}"
         domain = get_settings().mail_from.rpartition("@")[2] or "localhost"
@@ -99,6 +103,7 @@ def send_quote_email(
                 body,
                 [(f"quote_{number}.pdf", pdf, "application/pdf")],
                 message_id=message_id,
+                html=html,
             )
             return mail.send(msg)
 
@@ -186,17 +191,12 @@ def send_low_stock_alerts(
         log.warning("low_stock_no_recipients", items=result["items"])
         result["status"] = "no_recipients"
         return result
-    lines = [
-        f"{i['sku']:<16} {i['name']:<40} available {i['available']:>8}  "
-        f"reorder at {i['reorder_level']}"
-        for i in items
-    ]
     subject = f"Low Stock Alert - {len(items)} items need attention"
-    body = f"Alert date: {datetime.now(UTC).isoformat(timespec='seconds')}\n\n" + "\n".join(lines)
+    body, html = mail.render("low_stock_alert", subject, items=items)
     run = _run_id(self)
     with session_scope() as session:
         for address in recipients:
-            msg = mail.build_message([address], subject, body)
+            msg = mail.build_message([address], subject, body, html=html)
             key = f"low-stock:{run}:{address}"
             deliver_once(session, key, "email", address, partial(mail.send, msg))
             result["alerts_sent"] += 1

@@ -200,11 +200,17 @@ class _Inbox:
         return "250 OK"
 
 
-def body_text(message: Message) -> str:
-    """The decoded text of a single-part message."""
-    payload = message.get_payload(decode=True)
+def mail_part(message: Message, content_type: str = "text/plain") -> str:
+    """The decoded body part of that type (not an attachment): exactly one must be there."""
+    parts = [
+        p
+        for p in message.walk()
+        if p.get_content_type() == content_type and p.get_content_disposition() != "attachment"
+    ]
+    assert len(parts) == 1, [p.get_content_type() for p in message.walk()]
+    payload = parts[0].get_payload(decode=True)
     assert isinstance(payload, bytes)
-    return payload.decode()
+    return payload.decode(parts[0].get_content_charset() or "utf-8")
 
 
 class SmtpServer:

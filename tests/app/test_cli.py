@@ -148,3 +148,51 @@ def test_gate_opens_once_the_instances_consume_and_serve(alive: Any) -> None:
     assert json.loads(shut.stdout) == {"not_consuming": {f"nobody@{host}": ["pricing"]}}
     bad = taskctl("gate", "testworker=invoices")
     assert bad.returncode == 2 and "unknown queue(s) invoices" in bad.stderr, bad.stderr
+
+
+def test_revoke_drops_a_task_before_it_runs(alive: Any) -> None:
+    token = uuid.uuid4().hex
+    sent = taskctl("submit", "ops.probe", "--args", json.dumps([token]), "--countdown", "4")
+    task_id = sent.stdout.strip()
+    revoked = taskctl("revoke", task_id)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] == task_id
+    state = wait_for(
+        lambda: (s := json.loads(taskctl("status", task_id).stdout)["state"]) != "PENDING" and s,
+        30,
+        "the revoked task's state",
+    )
+    assert state == "REVOKED"
+    assert token not in json.dumps(json.loads(taskctl("failed", "--json").stdout))
+
+
+def test_purge_asks_then_empties_one_queue() -> None:
+    """On a broker database no worker reads: three messages wait in `default`."""
+    env = {"APP_BROKER_URL": ENV["APP_BROKER_URL"].rsplit("/", 1)[0] + "/9"}
+    for i in range(3):
+        assert taskctl("submit", "ops.probe", "--args", f'["purge-{i}"]', env=env).returncode == 0
+    queues = json.loads(taskctl("queues", "--json", env=env).stdout)
+    assert queues["queues"]["maintenance"] == 0 and queues["queues"]["default"] == 3, queues
+    unknown = taskctl("purge", "invoices", "--yes", env=env)
+    assert unknown.returncode == 2 and "unknown queue 'invoices'" in unknown.stderr
+    unconfirmed = taskctl("purge", "default", env=env)  # no terminal to ask on: refused
+    assert unconfirmed.returncode == 2 and "confirm with --yes" in unconfirmed.stderr
+    assert json.loads(taskctl("queues", "--json", env=env).stdout)["queues"]["default"] == 3
+    purged = taskctl("purge", "default", "--yes", env=env)
+    assert purged.returncode == 0 and json.loads(purged.stdout) == {"queue": "default", "purged": 3}
+    assert json.loads(taskctl("queues", "--json", env=env).stdout)["queues"]["default"] == 0
+
+
+def test_failed_lists_recent_final_failures(alive: Any) -> None:
+    bad = taskctl("submit", "pricing.calculate_bulk_pricing", "--args", '["nope"]')
+    task_id = bad.stdout.strip()
+    assert taskctl("result", task_id, "--wait").returncode == 1
+    listed = wait_for(
+        lambda: [f for f in json.loads(taskctl("failed", "--json").stdout) if f["id"] == task_id],
+        10,
+        "the failure in taskctl failed",
+    )
+    [failure] = listed
+    assert failure["task"] == "pricing.calculate_bulk_pricing" and failure["at"]
+    assert failure["error"].startswith("ValidationError: specifications")
+    text = taskctl("failed", "--hours", "1")
+    assert task_id in text.stdout and "failure(s) in the last 1 h" in text.stderr

@@ -121,7 +121,7 @@ def test_beat_interval_override_shortens_every_entry(monkeypatch: pytest.MonkeyP
         monkeypatch.delenv("APP_BEAT_INTERVAL_OVERRIDE")
         settings.get_settings.cache_clear()
     assert {e["schedule"] for e in schedule.values()} == {10.0}
-    assert len(schedule) == 4
+    assert len(schedule) == 6
 
 
 def test_results_are_stored_where_they_are_read() -> None:
@@ -137,3 +137,14 @@ def test_results_are_stored_where_they_are_read() -> None:
     }
     for name, entry in celery_app.conf.beat_schedule.items():
         assert entry["options"]["ignore_result"] is True, name
+
+
+def test_every_periodic_entry_expires_and_health_runs_every_5_minutes() -> None:
+    """A backlog after an outage is dropped, not run once per missed period."""
+    schedule = celery_app.conf.beat_schedule
+    for name, entry in schedule.items():
+        expires = entry["options"]["expires"]
+        assert 0 < expires <= 43200, name
+    health = schedule["check-system-health"]
+    assert health["task"] == "maintenance.check_system_health" and health["schedule"] == 300.0
+    assert schedule["database-maintenance"]["task"] == "maintenance.database_maintenance"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conftest import run
-from services import SmtpServer, body_text, wait_for
+from services import SmtpServer, mail_part, wait_for
 from sqlalchemy import func, select
 from test_pricing import new_quote
 
@@ -86,25 +87,44 @@ def test_healthy_system_sends_no_alert(alive: Any) -> None:
     assert set(out["health_status"]["checks"]) == checks
 
 
-def test_unhealthy_system_mails_an_alert(alive: Any, smtp_server: SmtpServer) -> None:
+def test_unhealthy_system_mails_once_per_incident(alive: Any, smtp_server: SmtpServer) -> None:
+    """An incident mails the alert recipients when it opens and when it is over, not at every
+    check in between (beat runs the check every 5 minutes)."""
     recipients = ("ops@bundle.test", "devops@bundle.test")
-    before = {r: len(smtp_server.messages_to(r)) for r in recipients}
+
+    def mails(r: str) -> list[Any]:
+        return smtp_server.messages_to(r)
+
+    before = {r: len(mails(r)) for r in recipients}
     out = run("maintenance.check_system_health", min_disk_free_percent=100).result
-    assert not out["health_status"]["healthy"]
+    assert not out["health_status"]["healthy"] and out["incident"] == "opened"
     assert any(p.startswith("disk:") for p in out["health_status"]["problems"])
     for r in recipients:  # one mail per recipient, sent one after the other
-        wait_for(lambda r=r: len(smtp_server.messages_to(r)) > before[r], 30, f"alert mail to {r}")
-        mail = smtp_server.messages_to(r)[-1]
+        wait_for(lambda r=r: len(mails(r)) > before[r], 30, f"alert mail to {r}")
+        mail = mails(r)[-1]
         assert mail["X-Envelope-To"] == r
         assert mail["Subject"] == "System Alert - system_health"
-        body = json.loads(body_text(mail))
+        body = json.loads(mail_part(mail))
         assert body["alert_type"] == "system_health"
+        assert "<li>disk: RuntimeError: free space below 100.0%" in mail_part(mail, "text/html")
 
     def logged() -> int:  # committed just after the mail went out
         with session_scope() as s:
             return s.scalar(select(func.count()).where(ApplicationLog.event == "system_alert")) or 0
 
     wait_for(logged, 10, "system_alert in application_logs")
+    # The same failure at the next check: no new mail.
+    again = run("maintenance.check_system_health", min_disk_free_percent=100).result
+    assert again["incident"] == "ongoing" and again["alert_task_id"] is None
+    # Healthy again: one more mail, saying so; then quiet.
+    ok = run("maintenance.check_system_health").result
+    assert ok["incident"] == "resolved" and ok["health_status"]["healthy"]
+    for r in recipients:
+        wait_for(lambda r=r: len(mails(r)) == before[r] + 2, 30, f"resolved mail to {r}")
+        assert mails(r)[-1]["Subject"] == "System Alert - system_health_ok"
+    assert run("maintenance.check_system_health").result["incident"] is None
+    time.sleep(2)
+    assert {r: len(mails(r)) for r in recipients} == {r: before[r] + 2 for r in recipients}
 
 
 def test_system_alert_refuses_bad_payload(alive: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pypdf
 from conftest import SmsGateway, run, wait_state
-from services import SmtpServer, body_text
+from services import SmtpServer, mail_part
 from sqlalchemy import select
 from test_pricing import new_quote
 
@@ -29,7 +29,8 @@ def test_quote_email_arrives_with_a_valid_pdf_and_is_sent_once(
 ) -> None:
     qid = new_quote("SS304")
     address = f"{uuid.uuid4().hex[:8]}@customer.test"
-    first = run("notifications.send_quote_email", str(qid), address, {"message": "Thank you!"})
+    note = "Thank you! <b>bold</b> & <script>alert(1)</script>"
+    first = run("notifications.send_quote_email", str(qid), address, {"message": note})
     assert first.state == "SUCCESS", first.result
     assert first.result["status"] == "success" and first.result["email_sent"]
     [mail] = smtp_server.messages_to(address)
@@ -41,8 +42,21 @@ def test_quote_email_arrives_with_a_valid_pdf_and_is_sent_once(
     assert mail["From"] == "quotes@bundle.test"
     text = _pdf_text(mail)
     assert number in text and "SS304" in text and str(quote.total_price) in text
+    # HTML (templates/quote_email.html) with a plain-text alternative, then the PDF.
+    assert mail.get_content_type() == "multipart/mixed"
+    assert [p.get_content_type() for p in mail.walk()][1:] == [
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "application/pdf",
+    ]
+    plain, html = mail_part(mail, "text/plain"), mail_part(mail, "text/html")
+    assert number in plain and note in plain  # plain text as written
+    assert number in html and str(quote.total_price) in html
+    escaped = "Thank you! &lt;b&gt;bold&lt;/b&gt; &amp; &lt;script&gt;alert(1)&lt;/script&gt;"
+    assert escaped in html and "<script>" not in html and "<b>bold" not in html
     # Run twice: the same state, no second e-mail.
-    second = run("notifications.send_quote_email", str(qid), address, {"message": "Thank you!"})
+    second = run("notifications.send_quote_email", str(qid), address, {"message": note})
     assert second.result["status"] == "already_sent"
     assert second.result["message_id"] == first.result["message_id"]
     assert len(smtp_server.messages_to(address)) == 1
@@ -137,12 +151,15 @@ def test_low_stock_alerts_from_inventory(alive: Any, smtp_server: SmtpServer) ->
     assert result.state == "SUCCESS", result.result
     assert sku in result.result["items"] and result.result["alerts_sent"] == 1
     mails = smtp_server.messages_to("procurement@bundle.test")
-    assert len(mails) == before + 1 and sku in body_text(mails[-1])
+    assert len(mails) == before + 1 and sku in mail_part(mails[-1])
+    assert sku in mail_part(mails[-1], "text/html")
     given = run(
         "notifications.send_low_stock_alerts",
-        [{"sku": "X1", "name": "Bolt", "available": 2, "reorder_level": 5}, {"sku": 7}],
+        [{"sku": "X1", "name": "Bolt <M8>", "available": 2, "reorder_level": 5}, {"sku": 7}],
     ).result
     assert given["low_stock_count"] == 1 and given["invalid_items"][0]["index"] == 1
+    html = mail_part(smtp_server.messages_to("procurement@bundle.test")[-1], "text/html")
+    assert "Bolt &lt;M8&gt;" in html and "<M8>" not in html
     with session_scope() as s:
         keys = s.scalars(select(Delivery.key).where(Delivery.key.like("low-stock:%"))).all()
     assert len(keys) == 2

@@ -210,7 +210,7 @@ def test_beat_starts_with_the_schedule(database: Any, redis_server: Any, tmp_pat
 
 
 def test_a_message_sent_with_ignore_result_runs_and_stores_nothing(alive: Any) -> None:
-    """What beat's entries send (BEAT_OPTIONS): the task runs, the result store gets no key."""
+    """What beat's entries send (app.celery_app.periodic): the task runs, no result is stored."""
     token = uuid.uuid4().hex
     sent = celery_app.send_task("ops.probe", [token], ignore_result=True)
     wait_for(lambda: probe_row(token).completions == 1, 30, "the probe's completion")

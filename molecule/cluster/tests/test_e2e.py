@@ -87,6 +87,8 @@ def test_beat_fires_the_periodic_tasks(host: Any) -> None:
         "maintenance.cleanup_expired_reservations",
         "data.generate_daily_reports",
         "data.backup_pricing_data",
+        "maintenance.check_system_health",
+        "maintenance.database_maintenance",
     }
     login = flower_login(host)
     seen: dict[str, str] = {}
