@@ -82,6 +82,7 @@ class Settings:
     worker_soft_shutdown_timeout: int
     task_max_deliveries: int
     beat_interval_override: int
+    probe_faults: bool
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -116,6 +117,9 @@ class Settings:
             task_max_deliveries=_int("APP_TASK_MAX_DELIVERIES", 3, minimum=1),
             # 0: the real schedule; N: every beat entry every N seconds (lab and tests only).
             beat_interval_override=_int("APP_BEAT_INTERVAL_OVERRIDE", 0),
+            # ops.probe's fault hooks (fail_times, crash_times): test scenarios only. Off, a
+            # producer cannot have a worker process SIGKILL itself.
+            probe_faults=_bool("APP_PROBE_FAULTS", False),
         )
         s.check()
         return s

@@ -162,9 +162,9 @@ def send_system_alert(self: Any, alert_data: dict[str, Any]) -> dict[str, Any]:
         problems=[str(p) for p in problems] if isinstance(problems, list) else [],
         data_json=body,
     )
-    with session_scope() as session:
-        for address in recipients:
-            msg = mail.build_message([address], subject, text_body, html=html)
+    for address in recipients:  # each recipient's delivery in its own commit: a retry skips it
+        msg = mail.build_message([address], subject, text_body, html=html)
+        with session_scope() as session:
             deliver_once(
                 session, f"alert:{run}:{address}", "email", address, partial(mail.send, msg)
             )

@@ -194,12 +194,12 @@ def send_low_stock_alerts(
     subject = f"Low Stock Alert - {len(items)} items need attention"
     body, html = mail.render("low_stock_alert", subject, items=items)
     run = _run_id(self)
-    with session_scope() as session:
-        for address in recipients:
-            msg = mail.build_message([address], subject, body, html=html)
+    for address in recipients:  # each recipient's delivery in its own commit: a retry skips it
+        msg = mail.build_message([address], subject, body, html=html)
+        with session_scope() as session:
             key = f"low-stock:{run}:{address}"
             deliver_once(session, key, "email", address, partial(mail.send, msg))
-            result["alerts_sent"] += 1
+        result["alerts_sent"] += 1
     return result
 
 

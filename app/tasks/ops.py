@@ -15,6 +15,7 @@ from app.db import get_engine, session_scope
 from app.errors import TemporaryError, ValidationError
 from app.logs import get_logger
 from app.models import TaskProbe
+from app.settings import get_settings
 from app.validation import require_int, require_number, require_str
 
 log = get_logger(__name__)
@@ -41,6 +42,11 @@ def probe(
         raise ValidationError("sleep_seconds: must not be negative")
     fail_times = require_int(fail_times, "fail_times", minimum=0, maximum=20)
     crash_times = require_int(crash_times, "crash_times", minimum=0, maximum=1000)
+    if (fail_times or crash_times) and not get_settings().probe_faults:
+        raise ValidationError(
+            "fail_times, crash_times: the probe's fault hooks are off on this worker "
+            "(APP_PROBE_FAULTS, celery_app_probe_faults: test scenarios only)"
+        )
     request = self.request
     queue = (request.delivery_info or {}).get("routing_key")
     worker = request.hostname

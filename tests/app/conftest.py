@@ -61,6 +61,7 @@ ENV = {
     "APP_TASK_TIME_LIMIT": "90",
     "APP_VISIBILITY_TIMEOUT": "3600",
     "APP_TASK_MAX_DELIVERIES": "3",
+    "APP_PROBE_FAULTS": "true",  # the fault tests use ops.probe's hooks
 }
 os.environ.update(ENV)
 WORKER_LOG = WORK / "worker.log"  # stderr (the journal: startup errors only)

@@ -184,16 +184,22 @@ class PostgresServer:
 
 
 class _Inbox:
-    """aiosmtpd handler: keeps every message; can refuse the next N with a 4xx reply."""
+    """aiosmtpd handler: keeps every message; can refuse the next N, or the next N to one
+    recipient, with a 4xx reply."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.refuse_next = 0
+        self.refuse_to: dict[str, int] = {}  # recipient -> messages to it still to refuse
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.refuse_next > 0:
             self.refuse_next -= 1
             return "451 4.3.0 try again later (test)"
+        for rcpt in envelope.rcpt_tos:
+            if self.refuse_to.get(rcpt, 0) > 0:
+                self.refuse_to[rcpt] -= 1
+                return f"451 4.3.0 {rcpt}: try again later (test)"
         msg = message_from_bytes(envelope.content)
         msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
         self.messages.append(msg)

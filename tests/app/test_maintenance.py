@@ -127,6 +127,20 @@ def test_unhealthy_system_mails_once_per_incident(alive: Any, smtp_server: SmtpS
     assert {r: len(mails(r)) for r in recipients} == {r: before[r] + 2 for r in recipients}
 
 
+def test_alert_retried_for_one_recipient_mails_the_others_once(
+    alive: Any, smtp_server: SmtpServer
+) -> None:
+    """The relay refuses the second recipient once: the task retries, and the first recipient,
+    whose delivery was committed on its own, is not mailed again."""
+    alert_type = f"rcpt-{uuid.uuid4().hex[:6]}"
+    smtp_server.inbox.refuse_to["devops@bundle.test"] = 1
+    result = run("maintenance.send_system_alert", {"alert_type": alert_type}, timeout=90)
+    assert result.state == "SUCCESS" and result.retries >= 1, result.result
+    for r in ("ops@bundle.test", "devops@bundle.test"):
+        got = [m for m in smtp_server.messages_to(r) if alert_type in m["Subject"]]
+        assert len(got) == 1, (r, len(got))
+
+
 def test_system_alert_refuses_bad_payload(alive: Any) -> None:
     result = run("maintenance.send_system_alert", {"no_type": 1})
     assert result.state == "FAILURE" and "alert_data.alert_type" in str(result.result)

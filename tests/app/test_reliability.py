@@ -216,3 +216,19 @@ def test_a_message_sent_with_ignore_result_runs_and_stores_nothing(alive: Any) -
     wait_for(lambda: probe_row(token).completions == 1, 30, "the probe's completion")
     time.sleep(2)  # the result would be written right after the body: give it the time
     assert celery_app.backend.client.get(celery_app.backend.get_key_for_task(sent.id)) is None
+
+
+def test_probe_fault_hooks_refused_unless_enabled(monkeypatch: Any) -> None:
+    """Off (the default, production): a producer cannot make a worker SIGKILL itself."""
+    from app import settings
+
+    celery_app.loader.import_default_modules()
+    monkeypatch.setenv("APP_PROBE_FAULTS", "false")
+    settings.get_settings.cache_clear()
+    try:
+        out = celery_app.tasks["ops.probe"].apply(args=["no-faults"], kwargs={"crash_times": 1})
+    finally:
+        monkeypatch.undo()
+        settings.get_settings.cache_clear()
+    assert out.state == "FAILURE"
+    assert "the probe's fault hooks are off" in str(out.result)
