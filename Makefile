@@ -93,7 +93,7 @@ test-docs: venv
 	pytest tests/docs
 
 test-app: deps venv
-	pytest tests/app
+	pytest tests/app tests/lab
 
 # The preflight refusing wrong inventories (no hosts needed: the inventory's hosts are the controller).
 test-deploy: venv
