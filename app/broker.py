@@ -55,6 +55,10 @@ def _holding(what: str, call: Callable[[], Any]) -> Any:
             return call()
         except redis.exceptions.OutOfMemoryError as exc:
             reason, error = "broker full (OOM)", exc
+        except redis.exceptions.ResponseError as exc:  # it answers, cannot persist: as full
+            if "MISCONF" not in str(exc):
+                raise
+            reason, error = "broker cannot persist (MISCONF)", exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             if time.monotonic() - started > BROKER_GONE_WAIT:
                 raise
@@ -116,11 +120,11 @@ def explain_refusal(exc: BaseException) -> str | None:
             "was queued; consume the backlog or raise redis_maxmemory (docs/RUNBOOK.md, "
             f"'Broker full'). Redis said: {exc}"
         )
-    if "MISCONF" in str(exc):  # stop-writes-on-bgsave-error: its last snapshot failed
+    if "MISCONF" in str(exc):  # it cannot write its data to disk (AOF, or a snapshot)
         return (
-            "the broker refuses writes: Redis could not save its last snapshot (a full disk, or "
-            "no memory to fork) and holds new messages back until a snapshot succeeds, so "
-            "nothing was queued; free disk or memory on the data host (docs/RUNBOOK.md, 'Broker "
-            f"full'). Redis said: {exc}"
+            "the broker refuses writes: Redis cannot write its data to disk (a full disk, or no "
+            "memory to fork) and holds new messages back until it can, so nothing was queued; "
+            "free disk or memory on the data host (docs/RUNBOOK.md, 'Broker full'). "
+            f"Redis said: {exc}"
         )
     return None

@@ -54,8 +54,10 @@ class RedisServer:
     password: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         binary = _binary("redis-server", "/usr/bin/redis-server")
         self.proc = subprocess.Popen(
             [
@@ -74,9 +76,7 @@ class RedisServer:
                 self.password,
                 "--logfile",
                 str(self.directory / "redis.log"),
-                # Tests break snapshots on purpose (CONFIG SET dbfilename); never in production.
-                "--enable-protected-configs",
-                "yes",
+                *self.extra_args,
             ],
         )
         import redis

@@ -4,6 +4,7 @@ at once. The socket is a real AF_UNIX datagram socket, as systemd's is (NOTIFY_S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -252,31 +253,34 @@ def test_taskctl_names_a_full_broker(redis_server: RedisServer) -> None:
     assert "the broker is full: Redis is at its maxmemory" in proc.stderr, proc.stderr
 
 
-def test_taskctl_names_a_broker_that_cannot_save(redis_server: RedisServer) -> None:
-    """stop-writes-on-bgsave-error (the broker's setting): after a failed snapshot Redis refuses
-    writes with MISCONF; taskctl says why. The snapshot fails for real: its file is a directory."""
-    admin = redis.Redis.from_url(redis_server.url(0))
-    blocker = redis_server.directory / "blocked.rdb"
-    blocker.mkdir(exist_ok=True)
-    saved = admin.config_get("*")
-    env = {"APP_BROKER_URL": redis_server.url(BROKER_DB)}
-    admin.config_set("save", "3600 1")
-    admin.config_set("stop-writes-on-bgsave-error", "yes")
-    admin.config_set("dbfilename", "blocked.rdb")
+def test_taskctl_names_a_broker_that_cannot_save() -> None:
+    """A broker that cannot write to disk refuses writes with MISCONF; taskctl says why. On a
+    Redis of its own (every client of a refusing server gets it): its snapshot fails for real,
+    its file being a directory, with stop-writes-on-bgsave-error on."""
+    server = RedisServer(
+        WORK / f"misconf-{uuid.uuid4().hex[:6]}",
+        extra_args=("--enable-protected-configs", "yes", "--save", "3600 1"),
+    )
+    server.start()
     try:
+        admin = redis.Redis.from_url(server.url(0))
+        (server.directory / "blocked.rdb").mkdir()
+        admin.config_set("stop-writes-on-bgsave-error", "yes")
+        admin.config_set("dbfilename", "blocked.rdb")
         admin.bgsave()
         wait_for(
             lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 20, "a failure"
         )
-        proc = taskctl("submit", "ops.probe", "--args", '["x"]', env=env)
+        proc = taskctl(
+            "submit", "ops.probe", "--args", '["x"]', env={"APP_BROKER_URL": server.url(0)}
+        )
     finally:
-        admin.config_set("dbfilename", saved["dbfilename"])
-        admin.bgsave()
-        wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "ok", 20, "a save")
-        admin.config_set("save", saved["save"])
-        blocker.rmdir()
+        # SIGTERM would make it save first, which fails here, and it would refuse to exit.
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            redis.Redis.from_url(server.url(0)).shutdown(nosave=True)
+        server.stop()
     assert proc.returncode == 1
-    assert "Redis could not save its last snapshot" in proc.stderr, proc.stderr
+    assert "Redis cannot write its data to disk" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
