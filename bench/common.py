@@ -31,6 +31,9 @@ FLEETS = {
 }
 # `benchc`: the 4-host topology again, for converge runs while `bench` stays deployed.
 FLEETS["benchc"] = FLEETS["bench"]
+# `anchor`: a fresh data host for the bundle's data play beside a fresh host for the community
+# roles (bench/converge.py --anchor; anc1's inventory is bench/inventory/anchor/anc.yml).
+FLEETS["anchor"] = (BENCH / "inventory" / "anchor.yml", ["data1", "anc1"])
 # `lab`: the lab of `make lab` (the same 4 hosts), for a benchmark of what `make lab` deployed.
 FLEETS["lab"] = (REPO / "inventories" / "lab", FLEETS["bench"][1])
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
@@ -54,12 +57,17 @@ def env() -> dict[str, str]:
 
 
 def run(
-    *cmd: str, timeout: float = 1800, check: bool = True, quiet: bool = False, stdin: str = ""
+    *cmd: str,
+    timeout: float = 1800,
+    check: bool = True,
+    quiet: bool = False,
+    stdin: str = "",
+    extra_env: dict[str, str] | None = None,
 ) -> str:
     proc = subprocess.run(
         cmd,
         cwd=REPO,
-        env=env(),
+        env={**env(), **(extra_env or {})},
         text=True,
         capture_output=True,
         timeout=timeout,
@@ -101,21 +109,29 @@ def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
     return round((after[0] - before[0]) / total, 3) if total else 0.0
 
 
-def playbook(name: str, playbook: str, *extra: str, timeout: float = 3600) -> dict[str, Any]:
-    """ansible-playbook against the bench lab NAME: wall time, changed per host, the load."""
+def playbook(
+    name: str,
+    playbook: str,
+    *extra: str,
+    timeout: float = 3600,
+    inventory: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """ansible-playbook against the bench lab NAME (its inventory, or `inventory`): wall time,
+    changed per host, the load."""
     load_before = load()
     cpu_before = cpu_times()
     t0 = time.monotonic()
-    inventory = str(FLEETS[name][0])
     out = run(
         "ansible-playbook",
         "-i",
-        inventory,
+        str(inventory or FLEETS[name][0]),
         "-e",
         f"bench_lab={name}",
         playbook,
         *extra,
         timeout=timeout,
+        extra_env=extra_env,
     )
     seconds = time.monotonic() - t0
     changed = {m[1]: int(m[3]) for m in map(RECAP.match, out.splitlines()) if m}
