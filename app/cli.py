@@ -229,12 +229,12 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     if args.queue not in QUEUES:
         raise UsageError(f"unknown queue {args.queue!r}; queues: {', '.join(QUEUES)}")
-    from app.health import queue_lengths
-
-    waiting = queue_lengths()[args.queue]
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("purge deletes messages for good: confirm with --yes")
+        from app.health import queue_lengths
+
+        waiting = queue_lengths()[args.queue]
         answer = input(f"Delete the {waiting} message(s) waiting in {args.queue}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("taskctl: nothing purged", file=sys.stderr)

@@ -7,12 +7,15 @@ A worker lost after the relay accepted but before the commit sends again on rede
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from app import mail
+from app.db import session_scope
 from app.models import Delivery
 
 
@@ -34,3 +37,14 @@ def deliver_once(
     row.provider_id = provider_id
     row.sent_at = func.now()
     return True, provider_id
+
+
+def mail_each_once(
+    key: str, recipients: Sequence[str], subject: str, body: str, html: str | None = None
+) -> None:
+    """Mail each recipient its own copy, once per `key`; each delivery in its own commit, so that
+    a retry after a failure at recipient N skips the ones before it."""
+    for address in recipients:
+        msg = mail.build_message([address], subject, body, html=html)
+        with session_scope() as session:
+            deliver_once(session, f"{key}:{address}", "email", address, partial(mail.send, msg))

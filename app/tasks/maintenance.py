@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
@@ -13,7 +12,7 @@ from sqlalchemy import delete, func, select, text, update
 from app import health, mail
 from app.celery_app import celery_app
 from app.db import get_engine, session_scope
-from app.deliveries import deliver_once
+from app.deliveries import mail_each_once
 from app.errors import ValidationError
 from app.logs import get_logger
 from app.models import ApplicationLog, InventoryItem, Quote, StockReservation
@@ -162,12 +161,7 @@ def send_system_alert(self: Any, alert_data: dict[str, Any]) -> dict[str, Any]:
         problems=[str(p) for p in problems] if isinstance(problems, list) else [],
         data_json=body,
     )
-    for address in recipients:  # each recipient's delivery in its own commit: a retry skips it
-        msg = mail.build_message([address], subject, text_body, html=html)
-        with session_scope() as session:
-            deliver_once(
-                session, f"alert:{run}:{address}", "email", address, partial(mail.send, msg)
-            )
+    mail_each_once(f"alert:{run}", recipients, subject, text_body, html)
     with session_scope() as session:
         logged = session.scalar(
             select(ApplicationLog.id).where(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -12,7 +11,7 @@ from sqlalchemy import select
 from app import mail, sms
 from app.celery_app import celery_app
 from app.db import session_scope
-from app.deliveries import deliver_once
+from app.deliveries import deliver_once, mail_each_once
 from app.errors import NotFoundError, PermanentError, ValidationError
 from app.logs import get_logger
 from app.models import InventoryItem, Quote
@@ -194,12 +193,8 @@ def send_low_stock_alerts(
     subject = f"Low Stock Alert - {len(items)} items need attention"
     body, html = mail.render("low_stock_alert", subject, items=items)
     run = _run_id(self)
-    for address in recipients:  # each recipient's delivery in its own commit: a retry skips it
-        msg = mail.build_message([address], subject, body, html=html)
-        with session_scope() as session:
-            key = f"low-stock:{run}:{address}"
-            deliver_once(session, key, "email", address, partial(mail.send, msg))
-        result["alerts_sent"] += 1
+    mail_each_once(f"low-stock:{run}", recipients, subject, body, html)
+    result["alerts_sent"] = len(recipients)
     return result
 
 
