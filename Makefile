@@ -20,7 +20,7 @@ TEST_LOGS := .lab/test-logs
 APT_PACKAGES := python3-venv debootstrap systemd-container iptables iproute2 openssh-client rsync \
 	redis-server postgresql apt-cacher-ng chromium chromium-driver
 
-.PHONY: help deps venv lab lab-summary lab-up test-deploy lab-down lab-status test lint test-docs test-app test-molecule test-lane-cluster test-lane-rest lock clean
+.PHONY: help deps venv tools lab lab-summary lab-up test-deploy lab-down lab-status test lint test-docs test-app test-monitoring test-molecule test-lane-cluster test-lane-rest lock clean
 
 help:
 	@echo "make lab        bring up the local 4-host lab and deploy the bundle on it"
@@ -68,6 +68,11 @@ lab-summary: venv
 	echo; \
 	echo "ssh:     $$ssh HOST   (hosts: data1 worker1 worker2 ops1; or: $(LAB) ssh HOST)"; \
 	echo "Flower:  http://$$1:$$2/   user $$3, password: cat .lab/secrets/flower_basic_auth_password"; \
+	set -- $$($$ssh ops1 "sed -n 's/.*--web.listen-address=\([^ \"]*\).*/\1/p' /etc/default/prometheus \
+		/etc/default/prometheus-alertmanager"); \
+	echo "Prometheus:   https://$$1/alerts  and the Celery console https://$$1/consoles/celery.html"; \
+	echo "              user admin, password: cat .lab/secrets/prometheus_web_password; CA: .lab/pki/ca.crt"; \
+	echo "Alertmanager: https://$$2/   user admin, password: cat .lab/secrets/alertmanager_web_password"; \
 	echo "Workers: $$ssh ops1 taskctl ping       (every NAME@HOST instance that answers)"; \
 	echo "Submit:  $$ssh ops1, then:"; \
 	echo "           taskctl submit ops.probe --args '[\"hello\"]' --queue pricing   # prints the task id"; \
@@ -95,6 +100,14 @@ test-docs: venv
 test-app: deps venv
 	pytest tests/app tests/lab
 
+# promtool and amtool, extracted from Debian's packages into .tools/ (no daemon installed).
+tools: deps
+	bash tests/monitoring/tools.sh
+
+# The alert rules (promtool test rules), the Alertmanager configuration, the dashboard and the console.
+test-monitoring: venv tools
+	pytest tests/monitoring
+
 # The preflight refusing wrong inventories (no hosts needed: the inventory's hosts are the controller).
 test-deploy: venv
 	pytest tests/deploy
@@ -106,7 +119,7 @@ test-molecule: deps venv
 # and the app tests, the preflight and the three small scenarios one after the other (~25 min,
 # which the cluster scenario's waits leave room for). -O prints each lane whole when it ends; a
 # failed lane's last lines are printed again at the very end.
-test: lint test-docs
+test: lint test-docs test-monitoring
 	@rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)
 	@echo "==> two lanes at once: cluster scenario | app, preflight, platform redis postgresql (live: tail -f $(TEST_LOGS)/*.log)"
 	@$(MAKE) --no-print-directory -j2 -O test-lane-cluster test-lane-rest || { \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from typing import Any
 
 import redis
@@ -32,6 +33,9 @@ TASK_MODULES = [
 RETRY_MAX = 5
 RETRY_BACKOFF_BASE = 2.0
 RETRY_BACKOFF_MAX = 120.0
+# Every task message's publish time (epoch seconds, float), a message header: the exporter's
+# oldest-message age per queue (app.exporter, docs/METRICS.md). Celery puts none in a message.
+SENT_AT_HEADER = "sent_at"
 
 log = logs.get_logger(__name__)
 
@@ -295,6 +299,14 @@ def _bind_task_context(task_id: str, task: Task, **kwargs: Any) -> None:
         worker=request.hostname,
         retries=request.retries,
     )
+
+
+@signals.before_task_publish.connect
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    # A stamp set by the producer stays. A retry is a new message whose headers copy the first
+    # one's (custom headers follow the request): it gets its own publish time.
+    if headers is not None and (SENT_AT_HEADER not in headers or headers.get("retries")):
+        headers[SENT_AT_HEADER] = time.time()
 
 
 @signals.task_postrun.connect

@@ -10,7 +10,8 @@ broker answers a PING; only then does the watchdog thread send WATCHDOG=1. A con
 after an unrecoverable error (Celery #5716: the process stays up, consuming nothing), a main
 process stopped by SIGSTOP or a hung broker connection stop the stamps or the PING, systemd's
 WatchdogSec= expires and it kills and restarts the instance. Beat is alive while its scheduler
-ticks (beat_max_loop_interval bounds the sleep between ticks) and the broker answers. Flower
+ticks (beat_max_loop_interval bounds the sleep between ticks) and the broker answers; it records
+each send of an entry in the broker (BEAT_LAST_SENT_KEY) for the exporter. Flower
 (app/flower_service.py) is alive while its web server answers its own /healthcheck (the request
 is served by its event loop) and the broker answers.
 
@@ -217,6 +218,20 @@ def _stop_guard() -> None:
 
 # --- beat -----------------------------------------------------------------------------------
 
+# Beat records when it last sent each entry in this hash of the broker database (field: the entry
+# name, value: epoch seconds), read by the exporter (app.exporter, docs/METRICS.md).
+BEAT_LAST_SENT_KEY = "beat:last_sent"
+
+
+def record_sent(entry_name: str) -> None:
+    """One HSET per send; a broker that refuses it never stops beat (the send itself went)."""
+    from app.celery_app import broker_redis  # imported late: app.celery_app imports this
+
+    try:
+        broker_redis().hset(BEAT_LAST_SENT_KEY, entry_name, repr(time.time()))
+    except redis.RedisError as exc:
+        log.warning("beat_last_sent_not_recorded", entry=entry_name, error=str(exc)[:300])
+
 
 class LivenessScheduler(PersistentScheduler):
     """Beat's scheduler (the shelve file of --schedule), stamping each tick for the watchdog."""
@@ -236,6 +251,11 @@ class LivenessScheduler(PersistentScheduler):
         if LivenessScheduler.liveness is not None:
             LivenessScheduler.liveness.stamp()
         return float(interval)
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kw: Any) -> Any:
+        result = super().apply_async(entry, producer=producer, advance=advance, **kw)
+        record_sent(entry.name)  # sent (a failed send raised): the exporter's last-sent time
+        return result
 
     def close(self) -> None:
         if LivenessScheduler.liveness is not None:

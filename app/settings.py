@@ -83,6 +83,14 @@ class Settings:
     task_max_deliveries: int
     beat_interval_override: int
     probe_faults: bool
+    exporter_address: str
+    exporter_port: int
+    exporter_user: str
+    exporter_password: str = field(repr=False)
+    exporter_poll_interval: int
+    exporter_tls_cert: str
+    exporter_tls_key: str
+    exporter_tls_client_ca: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -120,6 +128,19 @@ class Settings:
             # ops.probe's fault hooks (fail_times, crash_times): test scenarios only. Off, a
             # producer cannot have a worker process SIGKILL itself.
             probe_faults=_bool("APP_PROBE_FAULTS", False),
+            # The Prometheus exporter (python -m app.exporter, docs/METRICS.md): where it listens,
+            # the basic-auth pair of /metrics (no password: it refuses to start), and how often it
+            # asks the workers which queues they consume.
+            exporter_address=_str("APP_EXPORTER_ADDRESS", "127.0.0.1"),
+            exporter_port=_int("APP_EXPORTER_PORT", 9808, minimum=1),
+            exporter_user=_str("APP_EXPORTER_USER", "prometheus"),
+            exporter_password=os.environ.get("APP_EXPORTER_PASSWORD", ""),
+            exporter_poll_interval=_int("APP_EXPORTER_POLL_INTERVAL", 15, minimum=1),
+            # HTTPS: the certificate and key it serves; with a client CA, a client certificate
+            # it signed is required too (Prometheus's). Empty: plain HTTP (tests, loopback).
+            exporter_tls_cert=_str("APP_EXPORTER_TLS_CERT", ""),
+            exporter_tls_key=_str("APP_EXPORTER_TLS_KEY", ""),
+            exporter_tls_client_ca=_str("APP_EXPORTER_TLS_CLIENT_CA", ""),
         )
         s.check()
         return s
@@ -138,6 +159,21 @@ class Settings:
             )
         if not re.fullmatch(r"[A-Za-z0-9:_.-]{1,100}", self.unacked_key):
             raise SettingsError(f"APP_UNACKED_KEY={self.unacked_key!r}: letters, digits, :_.- only")
+        if self.exporter_port > 65535:
+            raise SettingsError(f"APP_EXPORTER_PORT={self.exporter_port}: must be at most 65535")
+        if not self.exporter_address:
+            raise SettingsError("APP_EXPORTER_ADDRESS: must not be empty")
+        if bool(self.exporter_tls_cert) != bool(self.exporter_tls_key) or (
+            self.exporter_tls_client_ca and not self.exporter_tls_cert
+        ):
+            raise SettingsError(
+                "APP_EXPORTER_TLS_CERT and APP_EXPORTER_TLS_KEY: set both or neither "
+                "(APP_EXPORTER_TLS_CLIENT_CA needs them)"
+            )
+        if not self.exporter_user or ":" in self.exporter_user:
+            raise SettingsError(
+                f"APP_EXPORTER_USER={self.exporter_user!r}: must be non-empty, without ':'"
+            )
         for name, url, schemes in (
             ("APP_BROKER_URL", self.broker_url, ("redis://", "rediss://")),
             ("APP_RESULT_BACKEND", self.result_backend, ("redis://", "rediss://")),

@@ -131,7 +131,7 @@ def test_worker_unit_stop_semantics(host: Any, hostvars: dict[str, Any]) -> None
 
 
 def test_sandbox_exposure_at_most_2(host: Any, hostvars: dict[str, Any]) -> None:
-    """Each unit's sandbox is the one drop-in (systemd/celery-sandbox.conf), rated at most 2."""
+    """Each unit's sandbox is the one drop-in (systemd/sandbox.conf), rated at most 2."""
     for unit in units_of(hostvars):
         if unit.endswith(".target"):
             continue

@@ -22,6 +22,14 @@ SERVICES = [
     ("data1", 6382, "Redis results (TLS)"),
     ("data1", 5432, "PostgreSQL"),
     ("ops1", 5555, "Flower"),
+    ("ops1", 9090, "Prometheus"),
+    ("ops1", 9093, "Alertmanager"),
+    ("ops1", 9808, "Celery exporter"),
+    ("data1", 9100, "node exporter"),
+    ("worker1", 9100, "node exporter"),
+    ("data1", 9121, "Redis exporter (broker)"),
+    ("data1", 9122, "Redis exporter (results)"),
+    ("data1", 9187, "PostgreSQL exporter"),
 ]
 # Where a leaked secret would be: configuration, the app, its data and logs, the data services.
 LEAK_DIRS = (

@@ -1,0 +1,422 @@
+"""The Prometheus exporter (app/exporter.py) as systemd runs it: `python -m app.exporter`, on a
+Redis of its own (stopped at the end), a real worker consuming `default` only, real tasks, beat
+for a few seconds; scraped over HTTP with basic auth and read with Prometheus's own parser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from conftest import ENV, ROOT, WORK, worker_argv
+from prometheus_client.parser import text_string_to_metric_families
+from services import RedisServer, free_port, wait_for
+from test_liveness import NotifySocket
+
+from app.celery_app import SENT_AT_HEADER, celery_app
+from app.liveness import BEAT_LAST_SENT_KEY
+from app.queues import QUEUES
+
+USER, PASSWORD = "prom", "exporter-test-secret"
+NODE = f"exporter@{socket.gethostname()}"  # the worker's -n exporter@%h
+PROBE = {"name": "ops.probe", "hostname": NODE, "queue_name": "default"}
+# task-sent's: the producer's host (these producers have no node name: gen<PID>@HOST).
+SENT = {**PROBE, "hostname": socket.gethostname()}
+
+
+def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(url)  # noqa: S310 - our own http:// URL
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
+
+
+class Stack:
+    """The exporter, its Redis and the worker, with what the tests ask of them."""
+
+    def __init__(self) -> None:
+        self.redis = RedisServer(WORK / f"exporter-redis-{uuid.uuid4().hex[:6]}")
+        self.redis.start()
+        self.port = free_port()
+        self.notify = NotifySocket(WORK / "notify-exporter.sock")
+        self.env = {
+            **os.environ,
+            **ENV,
+            "APP_BROKER_URL": self.redis.url(0),
+            "APP_RESULT_BACKEND": self.redis.url(1),
+            "APP_EXPORTER_PORT": str(self.port),
+            "APP_EXPORTER_USER": USER,
+            "APP_EXPORTER_PASSWORD": PASSWORD,
+            "APP_EXPORTER_POLL_INTERVAL": "1",
+        }
+        self.log = WORK / "exporter.log"
+        self.exporter = subprocess.Popen(
+            [sys.executable, "-m", "app.exporter"],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            env={**self.env, "NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": "2000000"},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self) -> None:
+        argv = worker_argv("exporter", 1, "--without-mingle")
+        argv[argv.index("-Q") + 1] = "default"
+        self.worker = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=(WORK / "exporter-worker.log").open("ab"),
+            env=self.env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, _, text = get(self.url("/metrics"), (USER, PASSWORD))
+        assert status == 200, text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        """The sum of the samples of that name whose labels include these (None: no sample)."""
+        found = [
+            v
+            for (n, lbl), v in self.scrape().items()
+            if n == metric and labels.items() <= dict(lbl).items()
+        ]
+        return sum(found) if found else None
+
+    def wait_value(self, metric: str, want: float, /, timeout: float = 20, **labels: str) -> None:
+        wait_for(lambda: self.value(metric, **labels) == want, timeout, f"{metric}{labels}={want}")
+
+    def send(self, name: str, *args: Any, options: dict[str, Any] | None = None, **kw: Any) -> None:
+        with celery_app.connection_for_write(self.redis.url(0)) as conn:
+            celery_app.send_task(
+                name, list(args), kw, connection=conn, ignore_result=True, **(options or {})
+            )
+
+    def broker(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url(0))
+
+    def close(self) -> None:
+        for proc in (self.worker, self.exporter):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        self.notify.close()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(database: Any, redis_server: RedisServer) -> Iterator[Stack]:
+    stack = Stack()
+    try:
+        stack.notify.wait("READY=1", 30)
+        stack.wait_value("celery_exporter_events_connected", 1)
+        stack.start_worker()
+        # Its heartbeats reach the exporter: the events flow from the worker (and will from us).
+        stack.wait_value("celery_worker_up", 1, timeout=60, hostname=NODE)
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [({"APP_EXPORTER_PASSWORD": ""}, "APP_EXPORTER_PASSWORD"), ({"APP_EXPORTER_PORT": "x"}, "")],
+)
+def test_refuses_to_start_without_a_password_or_with_a_bad_setting(
+    env: dict[str, str], variable: str
+) -> None:
+    variable = variable or next(iter(env))
+    done = subprocess.run(
+        [sys.executable, "-m", "app.exporter"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **ENV, "APP_EXPORTER_PASSWORD": "set", **env},
+        cwd=ROOT,
+    )
+    assert done.returncode != 0
+    assert variable in done.stderr, done.stderr
+
+
+def test_ready_and_basic_auth(stack: Stack) -> None:
+    status, headers, _ = get(stack.url("/metrics"))
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic "), headers
+    assert get(stack.url("/metrics"), (USER, "wrong"))[0] == 401
+    assert get(stack.url("/metrics"), ("someone", PASSWORD))[0] == 401
+    status, headers, text = get(stack.url("/metrics"), (USER, PASSWORD))
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version="), headers
+    assert "celery_exporter_broker_up 1.0" in text
+    status, _, text = get(stack.url("/healthz"))  # no credentials needed
+    assert (status, text) == (200, "ok\n")
+    assert get(stack.url("/other"), (USER, PASSWORD))[0] == 404
+    stack.notify.wait("WATCHDOG=1", 10)
+
+
+def test_task_counters_and_runtime(stack: Stack) -> None:
+    def now(metric: str, /, **labels: str) -> float:
+        return stack.value(metric, **labels) or 0.0
+
+    failed = {**PROBE, "exception": "ValidationError"}
+    before = {
+        "sent": now("celery_task_sent_total", **SENT),
+        "received": now("celery_task_received_total", **PROBE),
+        "started": now("celery_task_started_total", **PROBE),
+        "succeeded": now("celery_task_succeeded_total", **PROBE),
+        "failed": now("celery_task_failed_total", **failed),
+        "retried": now("celery_task_retried_total", **PROBE),
+        "runtime": now("celery_task_runtime_count", **PROBE),
+    }
+    for _ in range(3):
+        stack.send("ops.probe", uuid.uuid4().hex, sleep_seconds=0.05)
+    stack.send("ops.probe", "bad", sleep_seconds=-1)  # ValidationError: fails at once
+    stack.send("ops.probe", uuid.uuid4().hex, fail_times=1)  # retried once (1-2 s), then done
+    stack.wait_value("celery_task_succeeded_total", before["succeeded"] + 4, **PROBE)
+    stack.wait_value("celery_task_failed_total", before["failed"] + 1, **failed)
+    assert now("celery_task_retried_total", **PROBE) == before["retried"] + 1
+    # 5 messages of ours and the retry's (sent by the worker); each received and started.
+    assert now("celery_task_sent_total", **SENT) == before["sent"] + 6
+    assert now("celery_task_received_total", **PROBE) == before["received"] + 6
+    assert now("celery_task_started_total", **PROBE) == before["started"] + 6
+    assert now("celery_task_runtime_count", **PROBE) == before["runtime"] + 4
+    assert now("celery_task_runtime_bucket", **PROBE, le="0.001") < now(
+        "celery_task_runtime_bucket", **PROBE, le="+Inf"
+    )  # 50 ms tasks land above the first bucket
+    # The exception's class only, never its message.
+    samples = stack.scrape()
+    labels = [dict(lbl) for (n, lbl) in samples if n == "celery_task_failed_total"]
+    assert {lbl["exception"] for lbl in labels} == {"ValidationError"}, labels
+    assert stack.value("celery_worker_tasks_active", hostname=NODE) is not None
+
+
+def test_queue_length_and_oldest_message_age(stack: Stack) -> None:
+    """Nobody consumes `pricing` or `notifications`: what is pushed stays, and ages."""
+    broker = stack.broker()
+    stack.send("pricing.nobody_runs_this", options={"queue": "pricing"})
+    stack.send("pricing.nobody_runs_this", options={"queue": "pricing", "priority": 5})
+    assert broker.llen("pricing") == 1 and broker.llen("pricing\x06\x163") == 1
+    header = json.loads(broker.lindex("pricing", -1))["headers"]  # type: ignore[arg-type]
+    assert abs(header[SENT_AT_HEADER] - time.time()) < 5, header  # stamped at publish
+    # A message without the header (a producer without app.celery_app): counted, no age.
+    broker.lpush("notifications", json.dumps({"body": "", "headers": {"task": "x"}}))
+    waited = 2.0
+    time.sleep(waited)
+    assert stack.value("celery_queue_length", queue_name="pricing") == 2
+    assert waited <= stack.value("celery_queue_oldest_message_age_seconds", queue_name="pricing")
+    assert stack.value("celery_queue_oldest_message_age_seconds", queue_name="pricing") < 30
+    assert stack.value("celery_queue_length", queue_name="notifications") == 1
+    assert stack.value("celery_queue_oldest_message_age_seconds", queue_name="notifications") == 0
+    for queue in QUEUES:  # every queue, empty ones too
+        assert stack.value("celery_queue_length", queue_name=queue) is not None
+
+
+def test_beat_records_each_send(stack: Stack) -> None:
+    """Beat for real (every entry every second here): its sends land in the broker's hash and
+    the exporter shows them, with the periods of the real schedule (the exporter's own)."""
+    started = time.time()
+    beat = subprocess.Popen(
+        [
+            str(os.path.join(os.path.dirname(sys.executable), "celery")),
+            "-A",
+            "app.celery_app",
+            "beat",
+            "-s",
+            str(WORK / f"exporter-beat-{uuid.uuid4().hex[:6]}"),
+            "--loglevel",
+            "INFO",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(WORK / "exporter-beat.log").open("ab"),
+        env={**stack.env, "APP_BEAT_INTERVAL_OVERRIDE": "1"},
+        cwd=ROOT,
+    )
+    broker = stack.broker()
+    try:
+        wait_for(lambda: broker.hexists(BEAT_LAST_SENT_KEY, "check-system-health"), 30, "a send")
+    finally:
+        beat.terminate()
+        beat.wait(30)
+    recorded = float(broker.hget(BEAT_LAST_SENT_KEY, "check-system-health"))  # type: ignore[arg-type]
+    assert started <= recorded <= time.time()
+    entry = {"entry": "check-system-health", "task": "maintenance.check_system_health"}
+    assert stack.value("celery_beat_entry_last_sent_timestamp_seconds", **entry) == recorded
+    assert stack.value("celery_beat_entry_period_seconds", **entry) == 300
+    daily = {"entry": "generate-daily-reports", "task": "data.generate_daily_reports"}
+    assert stack.value("celery_beat_entry_period_seconds", **daily) == 86400  # a crontab
+    broker.hset(BEAT_LAST_SENT_KEY, "no-such-entry", time.time())  # not in the schedule
+    assert (
+        stack.value("celery_beat_entry_last_sent_timestamp_seconds", entry="no-such-entry") is None
+    )
+
+
+def test_consumers_while_the_worker_runs_and_after_it_stops(stack: Stack) -> None:
+    stack.wait_value("celery_active_consumer_count", 1, queue_name="default")
+    assert stack.value("celery_active_consumer_count", queue_name="pricing") == 0
+    assert stack.value("celery_worker_consuming", hostname=NODE, queue_name="default") == 1
+    assert stack.worker is not None
+    stack.worker.send_signal(signal.SIGTERM)
+    assert stack.worker.wait(30) == 0
+    stack.wait_value("celery_active_consumer_count", 0, queue_name="default")
+    # Seen once, now silent: 0, not gone; and down (its worker-offline event).
+    assert stack.value("celery_worker_consuming", hostname=NODE, queue_name="default") == 0
+    stack.wait_value("celery_worker_up", 0, hostname=NODE)
+    assert stack.value("celery_worker_tasks_active", hostname=NODE) == 0
+
+
+def test_broker_down_reported_then_reconnected(stack: Stack) -> None:
+    stack.redis.stop()
+    wait_for(lambda: get(stack.url("/healthz"))[0] == 503, 15, "healthz 503")
+    _, _, text = get(stack.url("/healthz"))
+    assert "broker does not answer" in text, text
+    started = time.monotonic()
+    assert stack.value("celery_exporter_broker_up") == 0  # a scrape still answers, at once
+    assert time.monotonic() - started < 5
+    stack.wait_value("celery_exporter_events_connected", 0)
+    assert stack.value("celery_queue_length", queue_name="default") is None  # unknown, not 0
+    assert stack.exporter.poll() is None  # never exits
+    stack.redis.start()  # the same port and password
+    wait_for(lambda: get(stack.url("/healthz"))[0] == 200, 30, "healthz 200 again")
+    assert stack.value("celery_exporter_broker_up") == 1
+
+
+def test_sigterm_stops_it_cleanly(stack: Stack) -> None:
+    stack.exporter.send_signal(signal.SIGTERM)
+    stack.notify.wait("STOPPING=1", 10)  # read as it comes: systemd's socket never fills up
+    assert stack.exporter.wait(10) == 0
+
+
+def _certificates(tmp: Any) -> dict[str, str]:
+    """A CA; a server certificate for 127.0.0.1; a client certificate (clientAuth, as roles/pki
+    gives the Prometheus hosts); another host's certificate (serverAuth only)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {"ca": str(tmp / "ca.crt")}
+    (tmp / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name, usages in (
+        ("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
+        ("prometheus", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ("worker", [ExtendedKeyUsageOID.SERVER_AUTH]),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (tmp / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        files[name] = name
+    return files
+
+
+def test_https_requires_a_client_certificate_for_clients(stack: Stack, tmp_path: Any) -> None:
+    """As deployed (roles/celery_exporter): HTTPS, a client certificate of the CA with clientAuth
+    required, basic auth on top. No certificate, or a server's (no clientAuth): refused in the
+    handshake, and the exporter keeps serving; Prometheus's certificate and login: 200."""
+    import ssl
+
+    _certificates(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.exporter"],
+        stdout=subprocess.DEVNULL,
+        stderr=(WORK / "exporter-tls.log").open("ab"),
+        env={
+            **stack.env,
+            "APP_EXPORTER_PORT": str(port),
+            "APP_EXPORTER_TLS_CERT": str(tmp_path / "server.crt"),
+            "APP_EXPORTER_TLS_KEY": str(tmp_path / "server.key"),
+            "APP_EXPORTER_TLS_CLIENT_CA": str(tmp_path / "ca.crt"),
+        },
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+    def fetch(cert: str | None) -> int | str:
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        if cert:
+            ctx.load_cert_chain(tmp_path / f"{cert}.crt", tmp_path / f"{cert}.key")
+        request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics")
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, context=ctx, timeout=10) as response:  # noqa: S310
+                return int(response.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+        except (OSError, ssl.SSLError) as err:
+            return f"refused: {type(err).__name__}"
+
+    try:
+        wait_for(lambda: fetch("prometheus") == 200, 30, "the exporter serving HTTPS")
+        assert str(fetch(None)).startswith("refused")
+        assert str(fetch("worker")).startswith("refused")
+        assert fetch("prometheus") == 200
+        # Plain HTTP to the TLS port gets nothing.
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
