@@ -70,9 +70,10 @@ lab-summary: venv
 	echo "Flower:  http://$$1:$$2/   user $$3, password: cat .lab/secrets/flower_basic_auth_password"; \
 	set -- $$($$ssh ops1 "sed -n 's/.*--web.listen-address=\([^ \"]*\).*/\1/p' /etc/default/prometheus \
 		/etc/default/prometheus-alertmanager"); \
-	echo "Prometheus:   https://$$1/alerts  and the Celery console https://$$1/consoles/celery.html"; \
+	echo "Prometheus:   https://$$1/classic/alerts  and the Celery console https://$$1/consoles/celery.html"; \
 	echo "              user admin, password: cat .lab/secrets/prometheus_web_password; CA: .lab/pki/ca.crt"; \
-	echo "Alertmanager: https://$$2/   user admin, password: cat .lab/secrets/alertmanager_web_password"; \
+	echo "Alertmanager: https://$$2/api/v2/alerts (no web UI in Debian: amtool, docs/RUNBOOK.md)"; \
+	echo "              user admin, password: cat .lab/secrets/alertmanager_web_password"; \
 	echo "Workers: $$ssh ops1 taskctl ping       (every NAME@HOST instance that answers)"; \
 	echo "Submit:  $$ssh ops1, then:"; \
 	echo "           taskctl submit ops.probe --args '[\"hello\"]' --queue pricing   # prints the task id"; \

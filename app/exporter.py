@@ -149,6 +149,10 @@ class Exporter:
         self.state = celery_app.events.State(max_tasks_in_memory=MAX_TASKS_IN_MEMORY)
         self.lock = threading.Lock()
         self.workers: set[str] = set()  # every instance seen by its worker-* events
+        # Instances that said goodbye (worker-offline: a clean stop), and when. One away longer
+        # than APP_EXPORTER_FORGET_AFTER is forgotten (taken out of the inventory, not down); one
+        # that vanished without a goodbye (a crash, a lost host) stays, reported down.
+        self.left: dict[str, float] = {}
         self.events_connected = False
         self._events_down_logged = False
         self._events_retry_delay = 1.0
@@ -171,6 +175,16 @@ class Exporter:
             queue: [queue] + [f"{queue}{sep}{step}" for step in steps if step] for queue in QUEUES
         }
 
+    def forget_departed(self) -> None:
+        """Drop the instances that stopped cleanly long ago (caller holds the lock)."""
+        now = time.monotonic()
+        forget_after = self.settings.exporter_forget_after
+        for host in [h for h, at in self.left.items() if now - at > forget_after]:
+            del self.left[host]
+            self.workers.discard(host)
+            self.consuming.pop(host, None)
+            self.consumers_seen = {(h, q) for h, q in self.consumers_seen if h != host}
+
     # --- events -----------------------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -186,6 +200,10 @@ class Exporter:
         if group == "worker":
             with self.lock:
                 self.workers.add(hostname)
+                if subject == "offline":
+                    self.left[hostname] = time.monotonic()
+                else:
+                    self.left.pop(hostname, None)
             return
         if group != "task" or subject not in self.task_counters:
             return
@@ -391,6 +409,7 @@ class _Collector(Collector):
     def _workers(self) -> Iterator[GaugeMetricFamily]:
         x = self.x
         with x.lock:
+            x.forget_departed()
             hostnames = sorted(x.workers)
 
         def read() -> list[tuple[str, bool, float]]:
@@ -420,6 +439,7 @@ class _Collector(Collector):
         x = self.x
         stale_after = x.settings.exporter_poll_interval * 2 + x.inspect_timeout + 5
         with x.lock:
+            x.forget_departed()
             polled = x.consumers_polled_at
             fresh = polled is not None and time.monotonic() - polled <= stale_after
             consuming = {h: set(qs) for h, qs in x.consuming.items()} if fresh else {}

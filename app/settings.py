@@ -88,6 +88,7 @@ class Settings:
     exporter_user: str
     exporter_password: str = field(repr=False)
     exporter_poll_interval: int
+    exporter_forget_after: int
     exporter_tls_cert: str
     exporter_tls_key: str
     exporter_tls_client_ca: str
@@ -136,6 +137,9 @@ class Settings:
             exporter_user=_str("APP_EXPORTER_USER", "prometheus"),
             exporter_password=os.environ.get("APP_EXPORTER_PASSWORD", ""),
             exporter_poll_interval=_int("APP_EXPORTER_POLL_INTERVAL", 15, minimum=1),
+            # Seconds after its clean stop (worker-offline) that an instance is forgotten: taken
+            # out of the inventory, it stops being reported (and alerted on) as down.
+            exporter_forget_after=_int("APP_EXPORTER_FORGET_AFTER", 600, minimum=1),
             # HTTPS: the certificate and key it serves; with a client CA, a client certificate
             # it signed is required too (Prometheus's). Empty: plain HTTP (tests, loopback).
             exporter_tls_cert=_str("APP_EXPORTER_TLS_CERT", ""),

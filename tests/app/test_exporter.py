@@ -30,6 +30,7 @@ from app.liveness import BEAT_LAST_SENT_KEY
 from app.queues import QUEUES
 
 USER, PASSWORD = "prom", "exporter-test-secret"
+FORGET_AFTER = 15  # s after a clean stop (production: 600)
 NODE = f"exporter@{socket.gethostname()}"  # the worker's -n exporter@%h
 PROBE = {"name": "ops.probe", "hostname": NODE, "queue_name": "default"}
 # task-sent's: the producer's host (these producers have no node name: gen<PID>@HOST).
@@ -65,6 +66,7 @@ class Stack:
             "APP_EXPORTER_USER": USER,
             "APP_EXPORTER_PASSWORD": PASSWORD,
             "APP_EXPORTER_POLL_INTERVAL": "1",
+            "APP_EXPORTER_FORGET_AFTER": str(FORGET_AFTER),
         }
         self.log = WORK / "exporter.log"
         self.exporter = subprocess.Popen(
@@ -287,6 +289,15 @@ def test_consumers_while_the_worker_runs_and_after_it_stops(stack: Stack) -> Non
     assert stack.value("celery_worker_consuming", hostname=NODE, queue_name="default") == 0
     stack.wait_value("celery_worker_up", 0, hostname=NODE)
     assert stack.value("celery_worker_tasks_active", hostname=NODE) == 0
+    # It said goodbye (a clean stop, as when it leaves the inventory): forgotten after
+    # APP_EXPORTER_FORGET_AFTER, so no alert stays on an instance that no longer exists.
+    wait_for(
+        lambda: stack.value("celery_worker_up", hostname=NODE) is None,
+        FORGET_AFTER + 15,
+        "the stopped instance forgotten",
+    )
+    assert stack.value("celery_worker_consuming", hostname=NODE) is None
+    assert stack.value("celery_active_consumer_count", queue_name="default") == 0
 
 
 def test_broker_down_reported_then_reconnected(stack: Stack) -> None:

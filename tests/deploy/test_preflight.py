@@ -36,6 +36,10 @@ def base_inventory() -> dict[str, Any]:
                 "redis_admin_password": "preflight-redis-admin",
                 "postgresql_app_password": "preflight-pg",
                 "flower_basic_auth_password": "preflight-flower",
+                "redis_monitor_password": "preflight-redis-monitor",
+                "prometheus_web_password": "preflight-prometheus",
+                "alertmanager_web_password": "preflight-alertmanager",
+                "celery_exporter_password": "preflight-celery-exporter",
                 "cluster_address": "10.99.0.1",
             },
             "children": {
@@ -44,8 +48,16 @@ def base_inventory() -> dict[str, Any]:
                 "celery_workers": {"hosts": {"worker1": None, "worker2": None}, "vars": workers},
                 "celery_beat": {"hosts": {"ops1": None}},
                 "flower": {"hosts": {"ops1": None}},
+                "celery_exporter": {"hosts": {"ops1": None}},
+                "prometheus": {"hosts": {"ops1": None}},
+                "alertmanager": {"hosts": {"ops1": None}},
                 "celery_app": {
-                    "children": {"celery_workers": None, "celery_beat": None, "flower": None}
+                    "children": {
+                        "celery_workers": None,
+                        "celery_beat": None,
+                        "flower": None,
+                        "celery_exporter": None,
+                    }
                 },
             },
         }
@@ -229,6 +241,22 @@ CASES = {
     "result store on the broker's port": (
         lambda i: set_all(i, redis_results_port=6379),
         "the ports Redis listens on must differ",
+    ),
+    "missing prometheus password": (
+        lambda i: set_all(i, prometheus_web_password=""),
+        "prometheus_web_password and alertmanager_web_password must be set",
+    ),
+    "no alert recipient": (
+        lambda i: set_all(i, celery_app_alert_recipients=[]),
+        "alertmanager_recipients (default: celery_app_alert_recipients)",
+    ),
+    "missing celery exporter password": (
+        lambda i: set_all(i, celery_exporter_password="x" * 8),  # too short
+        "celery_exporter_password must be set",
+    ),
+    "missing redis monitor password": (
+        lambda i: set_all(i, redis_monitor_password=""),
+        "redis_monitor_password must be set",
     ),
     "redis port out of range": (
         lambda i: set_all(i, celery_app_redis_port=70000),

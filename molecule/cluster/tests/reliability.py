@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from conftest import QUEUES, app_python, other_host
@@ -290,3 +291,28 @@ def served_without(ops1: Any, label: str) -> None:
     c = wait_done(ops1, prefix, 4 * len(QUEUES), 120, label)
     hosts = {r["worker"].split("@")[1] for r in probes(ops1, prefix)}
     assert (c["lost"], c["duplicated"], hosts) == (0, 0, {"worker1"}), (c, hosts)
+
+
+BROKER_PORT, RESULTS_PORT = 6380, 6382  # TLS ports of redis-server and redis-server@results
+
+
+def broker_admin(command: str, check: bool = True, port: int = BROKER_PORT) -> str:
+    """redis-cli as the admin user on data1 (TLS port, password from the lab's secrets)."""
+    data1 = other_host("data1")
+    secret = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".lab/secrets/redis_admin_password")
+    cli = (
+        f"REDISCLI_AUTH={secret.read_text().strip()} redis-cli --no-auth-warning --user admin "
+        f"--tls --cacert /etc/redis/tls/ca.crt -h data1 -p {port} "
+    )
+    out = data1.run(cli + command)
+    if check:
+        assert out.rc == 0 and "ERR" not in out.stdout, out.stdout + out.stderr
+    return str(out.stdout.strip())
+
+
+def results_admin(command: str) -> str:
+    return broker_admin(command, port=RESULTS_PORT)
+
+
+def info_field(text: str, field: str) -> int:
+    return int(text.split(f"{field}:", 1)[1].split()[0])

@@ -141,7 +141,9 @@ def test_flower_requires_its_login(host: Any) -> None:
     assert status == 200
     assert {"pricing@worker1", "batch@worker2"} <= set(json.loads(body))
     assert flower_get(host, "/healthcheck", None)[0] == 200
-    assert flower_get(host, "/metrics", None)[0] == 200
+    # Flower 2 serves /metrics to anyone; app/flower_service.py puts it behind the login.
+    assert flower_get(host, "/metrics", None)[0] == 401
+    assert flower_get(host, "/metrics", login)[0] == 200
 
 
 def test_workers_keep_logging_after_logrotate(host: Any) -> None:

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,25 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
+from browser import ARTIFACTS, chromium, document_status
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-ARTIFACTS = PROJECT / "artifacts"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-# Flags this machine needs (no sandbox as root, no GPU) and no traffic beyond the lab.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,900",
-]
 # What the dashboard must show, as the inventory defines it (evaluated by Ansible: lookups, role
 # defaults; the lab binds Flower to the address Ansible reaches). The user default is the role's.
 FLOWER_USER_DEFAULT = yaml.safe_load((PROJECT / "roles/flower/defaults/main.yml").read_text())[
@@ -96,21 +81,8 @@ def expected_workers(facts: dict[str, Any]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    with tempfile.TemporaryDirectory(prefix="flower-chromium-") as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        # The DevTools network events, to read the HTTP status the browser got for a page.
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-        os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser or driver
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(60)
-        try:
-            yield driver
-        finally:
-            driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 # Cell texts of the dashboard's worker rows (name, status, ...), read at once (the table redraws).
@@ -118,17 +90,6 @@ ROWS_JS = (
     "return Array.from(document.querySelectorAll('#workers-table tbody tr'))"
     ".map(r => Array.from(r.cells).map(c => c.textContent.replace(/\\s+/g, '')))"
 )
-
-
-def document_status(browser: webdriver.Chrome, page: str) -> int | None:
-    """HTTP status of the last response the browser received for `page` (DevTools events)."""
-    status = None
-    for entry in browser.get_log("performance"):  # drains the log
-        event = json.loads(entry["message"])["message"]
-        response = event.get("params", {}).get("response", {})
-        if event["method"] == "Network.responseReceived" and response.get("url") == page:
-            status = int(response["status"])
-    return status
 
 
 def url(flower: dict[str, Any], path: str = "/") -> str:

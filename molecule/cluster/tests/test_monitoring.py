@@ -12,45 +12,10 @@ from typing import Any
 
 import pytest
 from conftest import app_python, other_host
+from monitoring import firing, prom, wait_until
+from reliability import broker_admin, info_field
 
 testinfra_hosts = ["ops1"]
-
-# Prometheus's and Alertmanager's APIs, asked on ops1 over HTTPS with their logins (root reads
-# the password files Prometheus itself uses).
-API = """
-import base64, json, ssl, sys, urllib.parse, urllib.request
-base, path, secret = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl.create_default_context(cafile="/etc/prometheus/tls/ca.crt")
-req = urllib.request.Request(base + path)
-token = base64.b64encode(("admin:" + open(secret).read().strip()).encode()).decode()
-req.add_header("Authorization", "Basic " + token)
-print(json.dumps(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))))
-"""
-
-
-def api(host: Any, port: int, path: str, secret: str) -> Any:
-    out = host.check_output(
-        f"python3 -c {shlex.quote(API)} https://ops1:{port} {shlex.quote(path)} "
-        f"/etc/prometheus/secrets/{secret}"
-    )
-    return json.loads(out)
-
-
-def prom(host: Any, query: str) -> list[dict[str, Any]]:
-    path = "/api/v1/query?query=" + __import__("urllib.parse").parse.quote(query)
-    body = api(host, 9090, path, "prometheus")
-    assert body["status"] == "success", body
-    return list(body["data"]["result"])
-
-
-def wait_until(check: Any, timeout: float, what: str, interval: float = 3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"not within {timeout:.0f} s: {what}")
 
 
 def test_every_target_up(host: Any) -> None:
@@ -100,21 +65,27 @@ print(json.dumps([r.get(timeout=60)["status"] for r in rs]))
     assert runtime and float(runtime[0]["value"][1]) >= 3
 
 
-def firing(host: Any, name: str, **labels: str) -> list[dict[str, Any]]:
-    alerts = api(
-        host, 9093, "/api/v2/alerts?active=true&silenced=false&inhibited=false", "alertmanager"
-    )
-    return [
-        a
-        for a in alerts
-        if a["labels"].get("alertname") == name
-        and all(a["labels"].get(k) == v for k, v in labels.items())
-    ]
+# Subjects of the mails in the SMTP sink of prepare.yml (a Maildir on ops1), oldest first.
+SUBJECTS = """
+import json, mailbox, os
+mails = []
+if os.path.isdir("/var/lib/mailsink/new"):  # the sink makes its Maildir at the first mail
+    mails = sorted(mailbox.Maildir("/var/lib/mailsink", create=False), key=lambda m: m.get_date())
+print(json.dumps([str(m["Subject"]) for m in mails]))
+"""
+
+
+def mail_subjects(host: Any, name: str) -> list[str]:
+    out = json.loads(host.check_output(f"python3 -c {shlex.quote(SUBJECTS)}"))
+    return [s for s in out if name in s]
 
 
 def test_unconsumed_queue_fires_an_alert_and_resolves(host: Any) -> None:
     """Every instance consuming `pricing` stopped while `pricing` has messages: Alertmanager gets
-    CeleryQueueNotConsumed{queue_name=pricing}; once they run again, Prometheus resolves it."""
+    CeleryQueueNotConsumed{queue_name=pricing} and mails it once (to the test's SMTP sink); once
+    they run again, Prometheus resolves it and the resolution is mailed too."""
+    name = "CeleryQueueNotConsumed"
+    mails_before = len(mail_subjects(host, name))
     workers = [other_host("worker1"), other_host("worker2")]
     t0 = time.monotonic()
     try:
@@ -139,6 +110,12 @@ print(json.dumps(ids))
         print(f"MONITORING CeleryQueueNotConsumed in Alertmanager {waited:.0f} s after the stop")
         assert alert[0]["labels"]["severity"] == "critical"
         assert "pricing" in alert[0]["annotations"]["summary"]
+        mail = wait_until(
+            lambda: mail_subjects(host, name)[mails_before:], 60, f"the {name} mail in the sink"
+        )
+        assert mail[0].startswith("[FIRING"), mail
+        time.sleep(20)  # two group intervals (10 s here): the incident is still mailed once
+        assert len(mail_subjects(host, name)) == mails_before + 1
     finally:
         for w in workers:
             w.check_output("systemctl start celery-worker@pricing.service")
@@ -149,6 +126,10 @@ print(json.dumps(ids))
         "CeleryQueueNotConsumed resolved in Prometheus",
     )
     print(f"MONITORING resolved {time.monotonic() - t1:.0f} s after the start")
+    mails = wait_until(
+        lambda: mail_subjects(host, name)[mails_before + 1 :], 90, f"the {name} resolved mail"
+    )
+    assert mails[0].startswith("[RESOLVED"), mails
 
 
 EXPORTERS = [
@@ -242,3 +223,26 @@ def test_monitoring_units_run_in_the_sandbox(name: str) -> None:
     assert exposure(h, "pki-expiry-metrics.service") <= 2.0
     prom = h.file("/var/lib/prometheus/node-exporter/pki.prom").content_string
     assert 'path="/etc/prometheus/tls/host.crt"' in prom, prom
+
+
+def test_broker_memory_past_70_percent_fires_its_alert(host: Any) -> None:
+    """The broker's maxmemory lowered until it holds ~80 % of it (still serving): RedisMemoryHigh
+    {redis=broker} reaches Alertmanager; the limit back, it resolves."""
+    original = broker_admin("CONFIG GET maxmemory").splitlines()[-1]
+    t0 = time.monotonic()
+    try:
+        used = info_field(broker_admin("INFO memory"), "used_memory")
+        broker_admin(f"CONFIG SET maxmemory {int(used / 0.8)}")
+        alert = wait_until(
+            lambda: firing(host, "RedisMemoryHigh", redis="broker"), 180, "RedisMemoryHigh{broker}"
+        )
+        waited = time.monotonic() - t0
+        print(f"MONITORING RedisMemoryHigh in Alertmanager {waited:.0f} s after 80 % of maxmemory")
+        assert alert[0]["labels"]["host"] == "data1"
+    finally:
+        broker_admin(f"CONFIG SET maxmemory {original}")
+    wait_until(
+        lambda: not prom(host, 'ALERTS{alertname="RedisMemoryHigh",redis="broker"}'),
+        120,
+        "RedisMemoryHigh resolved in Prometheus",
+    )

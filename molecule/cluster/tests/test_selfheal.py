@@ -13,10 +13,8 @@ instance `active` but dead, each injected under live load with consumers running
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,13 +24,16 @@ from reliability import (
     INSTANCES,
     WORKERS,
     all_nodes,
+    broker_admin,
     counts,
+    info_field,
     instance_states,
     lab,
     main_pid,
     missing_probes,
     new_prefix,
     probes,
+    results_admin,
     send,
     send_many,
     served_without,
@@ -194,31 +195,6 @@ def test_stop_requeues_a_task_past_the_grace(healed: Any, hostvars: dict[str, An
 
 
 ORIGINAL_MAXMEMORY: dict[str, str] = {}
-
-
-BROKER_PORT, RESULTS_PORT = 6380, 6382  # TLS ports of redis-server and redis-server@results
-
-
-def broker_admin(command: str, check: bool = True, port: int = BROKER_PORT) -> str:
-    """redis-cli as the admin user on data1 (TLS port, password from the lab's secrets)."""
-    data1 = other_host("data1")
-    secret = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".lab/secrets/redis_admin_password")
-    cli = (
-        f"REDISCLI_AUTH={secret.read_text().strip()} redis-cli --no-auth-warning --user admin "
-        f"--tls --cacert /etc/redis/tls/ca.crt -h data1 -p {port} "
-    )
-    out = data1.run(cli + command)
-    if check:
-        assert out.rc == 0 and "ERR" not in out.stdout, out.stdout + out.stderr
-    return str(out.stdout.strip())
-
-
-def results_admin(command: str) -> str:
-    return broker_admin(command, port=RESULTS_PORT)
-
-
-def info_field(text: str, field: str) -> int:
-    return int(text.split(f"{field}:", 1)[1].split()[0])
 
 
 def test_broker_full_for_30_s_under_load(healed: Any) -> None:

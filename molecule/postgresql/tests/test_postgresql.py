@@ -86,6 +86,24 @@ def test_app_role_is_unprivileged(host: Any) -> None:
     assert flags == "t|f|f|f|f|f"
 
 
+def test_monitor_role_reads_statistics_only(host: Any) -> None:
+    """The metrics exporter's role: login by peer only (no password), member of pg_monitor alone."""
+    flags = sql(
+        host,
+        "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls,"
+        " rolpassword IS NULL FROM pg_authid WHERE rolname = 'prometheus'",
+    )
+    assert flags == "t|f|f|f|f|f|t"
+    groups = sql(
+        host,
+        "SELECT string_agg(g.rolname, ',') FROM pg_auth_members m"
+        " JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member"
+        " WHERE u.rolname = 'prometheus'",
+    )
+    assert groups == "pg_monitor"
+    assert sql(host, "SELECT has_database_privilege('prometheus', 'app', 'CONNECT')") == "f"
+
+
 def test_app_database_owned_by_app_and_closed_to_public(host: Any) -> None:
     assert (
         sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == "app"
@@ -107,6 +125,8 @@ def test_pg_hba_scram_from_app_hosts_only(host: Any, peer: Any) -> None:
     ).splitlines()
     assert rules == [
         "local|all|postgres|||peer",
+        # The metrics exporter's role (postgresql_monitor_user): the postgres database, by peer.
+        "local|postgres|prometheus|||peer",
         f"hostssl|app|app|{worker}|255.255.255.255|scram-sha-256",
     ]
     hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
