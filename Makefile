@@ -119,13 +119,18 @@ test-molecule: deps venv
 # Lint and docs first (a minute or two, fail early), then two lanes at once: the cluster scenario,
 # and the app tests, the preflight and the three small scenarios one after the other (~25 min,
 # which the cluster scenario's waits leave room for). -O prints each lane whole when it ends; a
-# failed lane's last lines are printed again at the very end.
+# failed lane's last lines, failed tests and fault figures are printed again at the very end, then
+# the cluster's state at each failed test (molecule/cluster/tests/conftest.py).
 test: lint test-docs test-monitoring
 	@rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)
 	@echo "==> two lanes at once: cluster scenario | app, preflight, platform redis postgresql (live: tail -f $(TEST_LOGS)/*.log)"
 	@$(MAKE) --no-print-directory -j2 -O test-lane-cluster test-lane-rest || { \
 		for f in $(TEST_LOGS)/*.failed; do [ -e "$$f" ] || continue; \
-			echo "==> FAILED: $${f%.failed}.log, its last lines:"; tail -n 60 "$${f%.failed}.log"; done; exit 1; }
+			echo "==> FAILED: $${f%.failed}.log, its last lines:"; tail -n 12 "$${f%.failed}.log"; \
+			echo "==> its failed tests and fault figures:"; sed 's/\x1b\[[0-9;]*m//g' "$${f%.failed}.log" \
+				| grep -E '(FAILED|ERROR) tests/|RELIABILITY' | awk '!seen[$$0]++' | tail -n 20; done; \
+		[ ! -s $(TEST_LOGS)/diagnosis.txt ] || { echo "==> the cluster at each failure:"; head -n 40 $(TEST_LOGS)/diagnosis.txt; }; \
+		exit 1; }
 
 # Inside a lane one thing at a time, its output written as it comes: a make of its own (no -j2,
 # no -O from the parent), Python unbuffered.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +57,52 @@ def figures_summary(request: Any) -> Any:
             reporter.write_sep("-", "reliability figures")
             for line in FIGURES:
                 reporter.write_line(line)
+
+
+# Attached to a failed test and written to .lab/test-logs/diagnosis.txt (printed last by `make
+# test`): what systemd saw on the app hosts meanwhile. A fault test that fails once in CI leaves
+# no lab behind; this tells a wedged or restarted instance from a lost message.
+DIAG_UNITS = (
+    "for u in $(systemctl list-units --plain --no-legend 'celery-worker@*' celery-beat.service "
+    "flower.service celery-exporter.service | awk '{print $1}'); do echo \"$u $(systemctl show "
+    "-p ActiveState,NRestarts,ExecMainStartTimestamp $u | paste -sd' ')\"; done"
+)
+DIAG_JOURNAL = (
+    "journalctl --no-pager -o short-monotonic --since -15min -u 'celery-worker@*' "
+    "| grep -E 'watchdog|Killing|Main process exited|Failed with|Unrecoverable|requeue|"
+    "restored|Started|Stopping|ERROR|CRITICAL' | tail -n 6"
+)
+# The app's own errors (its logs go to /var/log/celery, not the journal).
+DIAG_APP_ERRORS = (
+    'grep -hE \'"level": "(error|critical)"\' /var/log/celery/*.log 2>/dev/null '
+    "| tail -n 4 | cut -c1-300"
+)
+
+
+def cluster_diagnosis() -> list[str]:
+    lines = []
+    for name in ("worker1", "worker2", "ops1"):
+        try:
+            h = other_host(name)
+            units = h.run(DIAG_UNITS).stdout.strip()
+            lines += [f"DIAG {name} {u}" for u in units.splitlines() if u.strip()]
+            lines += [f"DIAG {name} | {j}" for j in h.run(DIAG_JOURNAL).stdout.splitlines()]
+            lines += [f"DIAG {name} ! {j}" for j in h.run(DIAG_APP_ERRORS).stdout.splitlines()]
+        except Exception as exc:  # a host powered off by the test itself
+            lines.append(f"DIAG {name} unreachable: {exc!r:.120}")
+    return lines
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        lines = cluster_diagnosis()
+        report.sections.append(("cluster state at the failure", "\n".join(lines)))
+        # Also to a file beside the lane logs, which `make test` prints last when a lane failed.
+        error = str(call.excinfo.value).splitlines()[:3] if call.excinfo else []
+        logs = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".lab" / "test-logs"
+        if logs.is_dir():
+            with (logs / "diagnosis.txt").open("a") as f:
+                f.write("\n".join([f"FAILED {item.nodeid}", *error, *lines, ""]) + "\n")
