@@ -74,6 +74,9 @@ lab-summary: venv
 	echo "              user admin, password: cat .lab/secrets/prometheus_web_password; CA: .lab/pki/ca.crt"; \
 	echo "Alertmanager: https://$$2/api/v2/alerts (no web UI in Debian: amtool, docs/RUNBOOK.md)"; \
 	echo "              user admin, password: cat .lab/secrets/alertmanager_web_password"; \
+	set -- $$($$ssh ops1 "sed -n -e 's/^APP_API_ADDRESS=//p' -e 's/^APP_API_PORT=//p' /etc/celery/api.env"); \
+	echo "Job API:      https://$$1:$$2/docs  (OpenAPI; docs/API.md); token of client webapp:"; \
+	echo "              cat .lab/secrets/celery_api_token_webapp; CA: .lab/pki/ca.crt"; \
 	echo "Workers: $$ssh ops1 taskctl ping       (every NAME@HOST instance that answers)"; \
 	echo "Submit:  $$ssh ops1, then:"; \
 	echo "           taskctl submit ops.probe --args '[\"hello\"]' --queue pricing   # prints the task id"; \

@@ -46,9 +46,13 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 
 
 def retry_countdown(retries: int) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random, so workers spread out."""
+    """Exponential backoff with equal jitter: half fixed, half random, so workers spread out.
+
+    Never beyond Settings.max_countdown(): a retry held past the visibility timeout would be
+    delivered again and again (kombu #337)."""
     ceiling = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * (2**retries))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
+    countdown = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
+    return min(countdown, get_settings().max_countdown())
 
 
 _redis: dict[str, redis.Redis] = {}

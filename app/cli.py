@@ -53,6 +53,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise UsageError(f"--queue: {args.queue!r} is not one of {', '.join(QUEUES)}")
         options["queue"] = args.queue
     if args.countdown:
+        from app.errors import ValidationError
+        from app.jobs import check_delay
+
+        try:
+            check_delay(args.countdown, "--countdown")
+        except ValidationError as exc:
+            raise UsageError(str(exc)) from None
         options["countdown"] = args.countdown
     # send_task: the worker validates the arguments, the CLI does not need the signature.
     result = app.send_task(args.name, args=task_args, kwargs=task_kwargs, **options)
@@ -61,19 +68,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _describe(result: Any) -> dict[str, Any]:
-    state = result.state
+    from app.jobs import job_status
+
+    meta = result.backend.get_task_meta(result.id)  # one read: state and result agree
+    state = meta.get("status") or "PENDING"
     info: dict[str, Any] = {"id": result.id, "state": state}
-    meta = result.backend.get_task_meta(result.id)
     for key in ("name", "queue", "worker", "retries", "date_done"):
         if meta.get(key) is not None:
             info[key] = meta[key]
-    if state == "SUCCESS":
-        info["result"] = result.result
-    elif state in ("FAILURE", "RETRY"):
-        exc = result.result
-        info["error"] = f"{type(exc).__name__}: {exc}"
-    elif state == "STARTED" and isinstance(result.info, dict):
-        info["started"] = result.info
+    # The HTTP API's status (app.jobs.job_status): status, and result, error or done/total.
+    job = job_status(result.id, meta)
+    info["status"] = job["status"]
+    for key in ("result", "error", "done", "total"):
+        if key in job:
+            info[key] = job[key]
+    if state == "STARTED" and isinstance(meta.get("result"), dict):
+        info["started"] = meta["result"]
     return info
 
 
@@ -327,7 +337,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--args", help="JSON array of positional arguments")
     s.add_argument("--kwargs", help="JSON object of keyword arguments")
     s.add_argument("--queue", help="override the queue the name routes to")
-    s.add_argument("--countdown", type=float, help="seconds before it may run")
+    s.add_argument(
+        "--countdown",
+        type=float,
+        help="seconds before it may run (at most APP_VISIBILITY_TIMEOUT - APP_TASK_TIME_LIMIT)",
+    )
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("status", help="state, worker, queue and result of a task")

@@ -92,6 +92,12 @@ class Settings:
     exporter_tls_cert: str
     exporter_tls_key: str
     exporter_tls_client_ca: str
+    api_address: str = "127.0.0.1"
+    api_port: int = 8443
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
+    api_clients_file: str = "/etc/celery/api-clients.json"
+    api_max_body_bytes: int = 1_048_576
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -145,6 +151,15 @@ class Settings:
             exporter_tls_cert=_str("APP_EXPORTER_TLS_CERT", ""),
             exporter_tls_key=_str("APP_EXPORTER_TLS_KEY", ""),
             exporter_tls_client_ca=_str("APP_EXPORTER_TLS_CLIENT_CA", ""),
+            # The HTTP job API (python -m app.api, docs/API.md): where it listens, its certificate
+            # and key (both or neither; neither: plain HTTP, for loopback only), the clients file
+            # (names, token hashes, allowed tasks; read once at start) and the largest request.
+            api_address=_str("APP_API_ADDRESS", "127.0.0.1"),
+            api_port=_int("APP_API_PORT", 8443, minimum=1),
+            api_tls_cert=_str("APP_API_TLS_CERT", ""),
+            api_tls_key=_str("APP_API_TLS_KEY", ""),
+            api_clients_file=_str("APP_API_CLIENTS_FILE", "/etc/celery/api-clients.json"),
+            api_max_body_bytes=_int("APP_API_MAX_BODY_BYTES", 1_048_576, minimum=1024),
         )
         s.check()
         return s
@@ -178,6 +193,18 @@ class Settings:
             raise SettingsError(
                 f"APP_EXPORTER_USER={self.exporter_user!r}: must be non-empty, without ':'"
             )
+        if self.api_port > 65535:
+            raise SettingsError(f"APP_API_PORT={self.api_port}: must be at most 65535")
+        if not self.api_address:
+            raise SettingsError("APP_API_ADDRESS: must not be empty")
+        if bool(self.api_tls_cert) != bool(self.api_tls_key):
+            raise SettingsError("APP_API_TLS_CERT and APP_API_TLS_KEY: set both or neither")
+        if not self.api_clients_file:
+            raise SettingsError("APP_API_CLIENTS_FILE: must not be empty")
+        if self.api_max_body_bytes > 64 * 1_048_576:
+            raise SettingsError(
+                f"APP_API_MAX_BODY_BYTES={self.api_max_body_bytes}: at most 67108864 (64 MiB)"
+            )
         for name, url, schemes in (
             ("APP_BROKER_URL", self.broker_url, ("redis://", "rediss://")),
             ("APP_RESULT_BACKEND", self.result_backend, ("redis://", "rediss://")),
@@ -185,6 +212,17 @@ class Settings:
         ):
             if not url.startswith(schemes):
                 raise SettingsError(f"{name}: expected a URL starting with {' or '.join(schemes)}")
+
+    def max_countdown(self) -> float:
+        """The longest delay (countdown or ETA, seconds from now) a task message may be given.
+
+        kombu's Redis transport hands a delayed message to a worker at once; the worker holds it
+        unacked until its ETA, and once it has been unacked longer than the visibility timeout
+        the transport restores it and delivers it again, and again (kombu #337). Whatever is
+        delayed must still run and end (task_time_limit) within the visibility timeout the
+        workers use. The API, `taskctl submit --countdown` and the retry backoff keep to it.
+        """
+        return float(self.visibility_timeout - self.task_time_limit)
 
 
 @lru_cache(maxsize=1)

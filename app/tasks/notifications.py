@@ -13,6 +13,7 @@ from app.celery_app import celery_app
 from app.db import session_scope
 from app.deliveries import deliver_once, mail_each_once
 from app.errors import NotFoundError, PermanentError, ValidationError
+from app.jobs import Progress
 from app.logs import get_logger
 from app.models import InventoryItem, Quote
 from app.settings import get_settings
@@ -225,7 +226,9 @@ def send_bulk_notifications(self: Any, notifications: list[dict[str, Any]]) -> d
     items = require_list(notifications, "notifications")
     run = _run_id(self)
     results: list[dict[str, Any]] = []
+    progress = Progress(self, len(items))  # PROGRESS {done, total} while it runs (app.jobs)
     for index, raw in enumerate(items):
+        progress.advance(index)
         where = f"notifications[{index}]"
         try:
             item = require_dict(raw, where)

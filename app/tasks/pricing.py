@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from app.celery_app import celery_app
 from app.db import session_scope
 from app.errors import NotFoundError, PermanentError, ValidationError
+from app.jobs import Progress
 from app.logs import get_logger
 from app.models import Customer, Material, MaterialCostChange, Quote, QuoteVersion
 from app.pricing import Specification, load_materials, price, price_with
@@ -39,7 +40,9 @@ def calculate_bulk_pricing(self: Any, specifications: list[dict[str, Any]]) -> d
     with session_scope() as session:
         materials = load_materials(session, codes)
     results: list[dict[str, Any]] = []
+    progress = Progress(self, len(items))  # PROGRESS {done, total} while it runs (app.jobs)
     for index, spec in enumerate(parsed):
+        progress.advance(index)
         try:
             if isinstance(spec, PermanentError):
                 raise spec

@@ -64,8 +64,9 @@ def figures_summary(request: Any) -> Any:
 # no lab behind; this tells a wedged or restarted instance from a lost message.
 DIAG_UNITS = (
     "for u in $(systemctl list-units --plain --no-legend 'celery-worker@*' celery-beat.service "
-    "flower.service celery-exporter.service | awk '{print $1}'); do echo \"$u $(systemctl show "
-    "-p ActiveState,NRestarts,ExecMainStartTimestamp $u | paste -sd' ')\"; done"
+    "flower.service celery-exporter.service celery-api.service | awk '{print $1}'); do "
+    'echo "$u $(systemctl show -p ActiveState,NRestarts,ExecMainStartTimestamp $u '
+    "| paste -sd' ')\"; done"
 )
 DIAG_JOURNAL = (
     "journalctl --no-pager -o short-monotonic --since -15min -u 'celery-worker@*' "

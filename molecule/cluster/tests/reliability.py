@@ -299,13 +299,17 @@ def served_without(ops1: Any, label: str) -> None:
 BROKER_PORT, RESULTS_PORT = 6380, 6382  # TLS ports of redis-server and redis-server@results
 
 
-def broker_admin(command: str, check: bool = True, port: int = BROKER_PORT) -> str:
-    """redis-cli as the admin user on data1 (TLS port, password from the lab's secrets)."""
+def broker_admin(
+    command: str, check: bool = True, port: int = BROKER_PORT, seconds: int = 0
+) -> str:
+    """redis-cli as the admin user on data1 (TLS port, password from the lab's secrets); with
+    `seconds`, stopped then (a SUBSCRIBE, a MONITOR: their output so far)."""
     data1 = other_host("data1")
     secret = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".lab/secrets/redis_admin_password")
     cli = (
-        f"REDISCLI_AUTH={secret.read_text().strip()} redis-cli --no-auth-warning --user admin "
-        f"--tls --cacert /etc/redis/tls/ca.crt -h data1 -p {port} "
+        f"REDISCLI_AUTH={secret.read_text().strip()} {f'timeout {seconds} ' if seconds else ''}"
+        f"redis-cli --no-auth-warning --user admin --tls --cacert /etc/redis/tls/ca.crt -h data1 "
+        f"-p {port} "
     )
     out = data1.run(cli + command)
     if check:
@@ -313,8 +317,8 @@ def broker_admin(command: str, check: bool = True, port: int = BROKER_PORT) -> s
     return str(out.stdout.strip())
 
 
-def results_admin(command: str) -> str:
-    return broker_admin(command, port=RESULTS_PORT)
+def results_admin(command: str, check: bool = True, seconds: int = 0) -> str:
+    return broker_admin(command, check=check, port=RESULTS_PORT, seconds=seconds)
 
 
 def info_field(text: str, field: str) -> int:

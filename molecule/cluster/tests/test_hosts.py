@@ -20,6 +20,8 @@ def units_of(hostvars: dict[str, Any]) -> list[str]:
         units.append("celery-beat.service")
     if "flower" in groups:
         units.append("flower.service")
+    if "celery_api" in groups:
+        units.append("celery-api.service")
     return units
 
 

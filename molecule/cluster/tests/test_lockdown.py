@@ -25,6 +25,7 @@ SERVICES = [
     ("ops1", 9090, "Prometheus"),
     ("ops1", 9093, "Alertmanager"),
     ("ops1", 9808, "Celery exporter"),
+    ("ops1", 8443, "job API"),
     ("data1", 9100, "node exporter"),
     ("worker1", 9100, "node exporter"),
     ("data1", 9121, "Redis exporter (broker)"),
