@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from urllib.parse import quote
 
 
 class SettingsError(ValueError):
@@ -162,7 +163,30 @@ class Settings:
             api_max_body_bytes=_int("APP_API_MAX_BODY_BYTES", 1_048_576, minimum=1024),
         )
         s.check()
-        return s
+        return s.with_redis_login(
+            _str("APP_REDIS_USERNAME", ""), os.environ.get("APP_REDIS_PASSWORD", "")
+        )
+
+    def with_redis_login(self, username: str, password: str) -> Settings:
+        """The settings with APP_REDIS_USERNAME/APP_REDIS_PASSWORD as the login of both Redis URLs:
+        a service with a Redis identity of its own (the job API's `producer`, redis role) reads
+        the app's URLs from app.env and its own login from its env file. Neither: unchanged."""
+        if not username and not password:
+            return self
+        if not username or not password or ":" in username:
+            raise SettingsError(
+                "APP_REDIS_USERNAME and APP_REDIS_PASSWORD: set both or neither "
+                "(no ':' in the name)"
+            )
+        login = f"{quote(username, safe='')}:{quote(password, safe='')}@"
+
+        def relogin(url: str) -> str:
+            scheme, sep, rest = url.partition("://")
+            return scheme + sep + login + rest.rpartition("@")[2]
+
+        return replace(
+            self, broker_url=relogin(self.broker_url), result_backend=relogin(self.result_backend)
+        )
 
     def check(self) -> None:
         if self.task_soft_time_limit >= self.task_time_limit:

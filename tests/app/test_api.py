@@ -489,3 +489,60 @@ def test_settings_and_taskctl_refuse_a_delay_beyond_the_visibility_timeout(datab
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+def test_the_redis_roles_producer_acl_is_enough_and_no_more(
+    redis_server: Any, alive: Any, tmp_path: Path
+) -> None:
+    """The API logged in as the redis role's `producer` user (its rules, from
+    roles/redis/defaults/main.yml, applied to this Redis): a job is queued, runs and reads
+    completed, with no command refused meanwhile; the same login cannot take a message, delete,
+    scan, read the workers' unacked hashes or another key, nor broadcast to the workers."""
+    import secrets
+
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())
+    rules = defaults["redis_producer_acl"]
+    admin = redis.Redis.from_url(ENV["APP_BROKER_URL"])
+    password = secrets.token_hex(16)
+    admin.execute_command("ACL", "SETUSER", "producer", "reset", "on", f">{password}", *rules)
+    admin.execute_command("ACL", "LOG", "RESET")
+    api = make_api(
+        tmp_path / "api-producer",
+        "producer",
+        APP_REDIS_USERNAME="producer",
+        APP_REDIS_PASSWORD=password,
+    )
+    api.start()
+    try:
+        api.wait_ready()
+        status, _, body = api.call(
+            "POST", "/v1/jobs", {"task": "pricing.calculate_bulk_pricing", "args": [[SPEC]]}
+        )
+        assert status == 202, body
+        done, _ = wait_job(api, body["job_id"])
+        assert done["status"] == "completed", done
+        refused = [e for e in admin.acl_log() if e.get("username") == "producer"]
+        assert refused == [], refused
+        producer = redis.Redis(
+            host="127.0.0.1", port=redis_server.port, username="producer", password=password
+        )
+        for command in (
+            ("PUBLISH", "/0.celery.pidbox", "x"),
+            ("RPOP", "pricing"),
+            ("BRPOP", "pricing", "1"),
+            ("DEL", "pricing"),
+            ("SCAN", "0"),
+            ("KEYS", "*"),
+            ("HGETALL", "unacked"),
+            ("GET", "health:incident"),
+            ("FLUSHDB",),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                producer.execute_command(*command)
+        assert producer.execute_command("PUBLISH", "/0.celeryev/task.sent", "{}") >= 0
+    finally:
+        api.stop()
+        api.notify.close()
+        admin.execute_command("ACL", "DELUSER", "producer")

@@ -152,7 +152,9 @@ def test_gate_opens_once_the_instances_consume_and_serve(alive: Any) -> None:
 
 def test_revoke_drops_a_task_before_it_runs(alive: Any) -> None:
     token = uuid.uuid4().hex
-    sent = taskctl("submit", "ops.probe", "--args", json.dumps([token]), "--countdown", "4")
+    # 12 s: the revoke (a second taskctl process) must reach the worker before the ETA, also on
+    # a machine loaded by a Molecule converge beside the tests (4 s was not enough there).
+    sent = taskctl("submit", "ops.probe", "--args", json.dumps([token]), "--countdown", "12")
     task_id = sent.stdout.strip()
     revoked = taskctl("revoke", task_id)
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] == task_id

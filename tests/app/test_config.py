@@ -91,6 +91,7 @@ def test_beat_schedule_names_registered_tasks() -> None:
         ("APP_VISIBILITY_TIMEOUT", "30", "must be above"),
         ("APP_BROKER_URL", "amqp://x", "starting with redis"),
         ("APP_BACKUP_KEEP", "0", "at least 1"),
+        ("APP_REDIS_USERNAME", "producer", "set both or neither"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(
@@ -100,6 +101,22 @@ def test_bad_settings_are_refused_naming_the_variable(
     with pytest.raises(SettingsError, match=message) as err:
         Settings.from_env()
     assert variable in str(err.value)
+
+
+def test_a_service_login_replaces_the_app_login_in_both_redis_urls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "APP_BROKER_URL", "rediss://celery:old@10.0.0.1:6380/0?ssl_cert_reqs=required"
+    )
+    monkeypatch.setenv("APP_RESULT_BACKEND", "rediss://10.0.0.1:6382/0")
+    monkeypatch.setenv("APP_REDIS_USERNAME", "producer")
+    monkeypatch.setenv("APP_REDIS_PASSWORD", "p@ss/w:rd")
+    s = Settings.from_env()
+    assert (
+        s.broker_url == "rediss://producer:p%40ss%2Fw%3Ard@10.0.0.1:6380/0?ssl_cert_reqs=required"
+    )
+    assert s.result_backend == "rediss://producer:p%40ss%2Fw%3Ard@10.0.0.1:6382/0"
 
 
 def test_lists_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,6 +94,29 @@ def cluster_diagnosis() -> list[str]:
     return lines
 
 
+# Modules that only read the cluster (no restart, stop, fault or deploy): they run first, while
+# `site.yml --check` (test_check_mode.py, ~2.5 min) runs in the background; then its verdict,
+# then every other module in name order.
+READ_ONLY_FIRST = (
+    "test_hosts.py",
+    "test_lockdown.py",
+    "test_flower_browser.py",
+    "test_monitoring_browser.py",
+    "test_check_mode.py",
+)
+
+
+def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
+    def rank(item: Any) -> int:
+        name = Path(str(item.fspath)).name
+        return READ_ONLY_FIRST.index(name) if name in READ_ONLY_FIRST else len(READ_ONLY_FIRST)
+
+    items.sort(key=rank)  # stable: name order within a module and among the rest
+    check_mode = [i for i in items if Path(str(i.fspath)).name == "test_check_mode.py"]
+    if check_mode and len(items) > len(check_mode):
+        check_mode[0].module.start_in_background()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: Any, call: Any) -> Any:
     outcome = yield
