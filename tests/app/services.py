@@ -237,3 +237,64 @@ class SmtpServer:
     def messages_to(self, address: str) -> list[Message]:
         """Messages whose envelope names this exact address ("ops@" is not in "devops@")."""
         return [m for m in self.inbox.messages if address in m.get("X-Envelope-To", "").split(", ")]
+
+
+def certificates(tmp: Any) -> dict[str, str]:
+    """Files in `tmp`: a CA (ca.crt), and NAME.crt with NAME.key for a server certificate for
+    127.0.0.1 (server), a client certificate (prometheus: clientAuth, as roles/pki gives the
+    Prometheus hosts) and another host's certificate (worker: serverAuth only)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {"ca": str(tmp / "ca.crt")}
+    (tmp / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name, usages in (
+        ("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
+        ("prometheus", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ("worker", [ExtendedKeyUsageOID.SERVER_AUTH]),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (tmp / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        files[name] = name
+    return files

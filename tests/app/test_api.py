@@ -4,10 +4,8 @@ docs/API.md is the contract checked here."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import signal
@@ -24,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ENV, ROOT, WORK, taskctl
-from services import free_port, wait_for
+from services import certificates, free_port, wait_for
 from test_liveness import NotifySocket
 
 from app import jobs
@@ -47,42 +45,6 @@ WEB_TASKS = [
 
 def sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def certificate(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    crt, pem = directory / "api.crt", directory / "api.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem
 
 
 @dataclass
@@ -147,7 +109,8 @@ class Api:
 
 def make_api(tmp: Path, name: str, **env: str) -> Api:
     tmp.mkdir(parents=True, exist_ok=True)
-    crt, key = certificate(tmp)
+    certificates(tmp)  # the server's, issued by a CA the client verifies it with
+    crt, key = tmp / "server.crt", tmp / "server.key"
     clients = tmp / "api-clients.json"
     clients.write_text(
         json.dumps(
@@ -172,7 +135,7 @@ def make_api(tmp: Path, name: str, **env: str) -> Api:
         "WATCHDOG_USEC": "2000000",  # a WATCHDOG=1 every 0.5 s
         **env,
     }
-    return Api(port, full_env, crt, notify)
+    return Api(port, full_env, tmp / "ca.crt", notify)
 
 
 @pytest.fixture(scope="module")

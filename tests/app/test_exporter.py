@@ -22,7 +22,7 @@ import pytest
 import redis
 from conftest import ENV, ROOT, WORK, worker_argv
 from prometheus_client.parser import text_string_to_metric_families
-from services import RedisServer, free_port, wait_for
+from services import RedisServer, certificates, free_port, wait_for
 from test_liveness import NotifySocket
 
 from app.celery_app import SENT_AT_HEADER, celery_app
@@ -322,73 +322,13 @@ def test_sigterm_stops_it_cleanly(stack: Stack) -> None:
     assert stack.exporter.wait(10) == 0
 
 
-def _certificates(tmp: Any) -> dict[str, str]:
-    """A CA; a server certificate for 127.0.0.1; a client certificate (clientAuth, as roles/pki
-    gives the Prometheus hosts); another host's certificate (serverAuth only)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = {"ca": str(tmp / "ca.crt")}
-    (tmp / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for name, usages in (
-        ("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
-        ("prometheus", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-        ("worker", [ExtendedKeyUsageOID.SERVER_AUTH]),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        (tmp / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        files[name] = name
-    return files
-
-
 def test_https_requires_a_client_certificate_for_clients(stack: Stack, tmp_path: Any) -> None:
     """As deployed (roles/celery_exporter): HTTPS, a client certificate of the CA with clientAuth
     required, basic auth on top. No certificate, or a server's (no clientAuth): refused in the
     handshake, and the exporter keeps serving; Prometheus's certificate and login: 200."""
     import ssl
 
-    _certificates(tmp_path)
+    certificates(tmp_path)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.exporter"],
