@@ -7,12 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import delete, func, select, text, update
 
 from app import health, mail
 from app.celery_app import celery_app
 from app.db import get_engine, session_scope
-from app.deliveries import mail_each_once
+from app.deliveries import mail_each_once_via_broker
 from app.errors import ValidationError
 from app.logs import get_logger
 from app.models import ApplicationLog, InventoryItem, Quote, StockReservation
@@ -144,7 +145,7 @@ def database_maintenance(self: Any, retention_days: int = 30) -> dict[str, Any]:
 
 @celery_app.task(bind=True, name="maintenance.send_system_alert")
 def send_system_alert(self: Any, alert_data: dict[str, Any]) -> dict[str, Any]:
-    """Log the alert in application_logs and mail it to APP_ALERT_RECIPIENTS (once per run)."""
+    """Mail the alert to APP_ALERT_RECIPIENTS (once per run), then record it in application_logs."""
     data = require_dict(alert_data, "alert_data")
     alert_type = require_str(data.get("alert_type"), "alert_data.alert_type", max_len=100)
     body = json.dumps(data, indent=2, sort_keys=True, default=str)
@@ -161,28 +162,36 @@ def send_system_alert(self: Any, alert_data: dict[str, Any]) -> dict[str, Any]:
         problems=[str(p) for p in problems] if isinstance(problems, list) else [],
         data_json=body,
     )
-    mail_each_once(f"alert:{run}", recipients, subject, text_body, html)
-    with session_scope() as session:
-        logged = session.scalar(
-            select(ApplicationLog.id).where(
-                ApplicationLog.event == "system_alert",
-                ApplicationLog.data["task_id"].astext == run,
-            )
-        )
-        if logged is None:  # a rerun of the same message logs it once
-            session.add(
-                ApplicationLog(
-                    level="WARNING",
-                    event="system_alert",
-                    data={"alert_type": alert_type, "task_id": run, "recipients": recipients},
+    # Mailed first, through the broker's ledger: an alert about the database goes out while the
+    # database is down. Its application_logs row is a record, written if the database answers.
+    mail_each_once_via_broker(f"alert:{run}", recipients, subject, text_body, html)
+    try:
+        with session_scope() as session:
+            logged = session.scalar(
+                select(ApplicationLog.id).where(
+                    ApplicationLog.event == "system_alert",
+                    ApplicationLog.data["task_id"].astext == run,
                 )
             )
+            if logged is None:  # a rerun of the same message logs it once
+                session.add(
+                    ApplicationLog(
+                        level="WARNING",
+                        event="system_alert",
+                        data={"alert_type": alert_type, "task_id": run, "recipients": recipients},
+                    )
+                )
+        recorded = True
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        log.warning("system_alert_not_recorded", alert_type=alert_type, error=str(exc)[:500])
+        recorded = False
     if not recipients:
         log.warning("system_alert_logged_only", alert_type=alert_type, alert=data)
     return {
         "alert_sent": bool(recipients),
         "recipients": recipients,
         "alert_type": alert_type,
+        "recorded": recorded,
         "status": "success" if recipients else "logged_only",
     }
 

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conftest import run
+from conftest import POSTGRES, run
 from services import SmtpServer, mail_part, wait_for
 from sqlalchemy import func, select
 from test_pricing import new_quote
@@ -125,6 +125,28 @@ def test_unhealthy_system_mails_once_per_incident(alive: Any, smtp_server: SmtpS
     assert run("maintenance.check_system_health").result["incident"] is None
     time.sleep(2)
     assert {r: len(mails(r)) for r in recipients} == {r: before[r] + 2 for r in recipients}
+
+
+def test_database_down_is_mailed_while_it_is_down(alive: Any, smtp_server: SmtpServer) -> None:
+    """PostgreSQL stopped: the health check opens an incident and its alert reaches the recipients
+    before the database is back (the alert's ledger is in the broker); the application_logs record
+    is skipped with a warning, not retried into a failure."""
+    r = "ops@bundle.test"
+    before = len(smtp_server.messages_to(r))
+    POSTGRES.pg_ctl("stop")
+    try:
+        out = run("maintenance.check_system_health", timeout=60).result
+        assert out["incident"] == "opened", out
+        assert any(p.startswith("database:") for p in out["health_status"]["problems"]), out
+        mail = wait_for(lambda: smtp_server.messages_to(r)[before:], 30, "alert while PG is down")
+        assert [m["Subject"] for m in mail] == ["System Alert - system_health"]
+        assert "database: OperationalError" in mail_part(mail[0], "text/html")
+        alert = run("maintenance.send_system_alert", {"alert_type": "pg-down"}, timeout=60)
+        assert alert.state == "SUCCESS" and alert.result["recorded"] is False, alert.result
+    finally:
+        POSTGRES.pg_ctl("start")
+    assert run("maintenance.check_system_health", timeout=60).result["incident"] == "resolved"
+    wait_for(lambda: len(smtp_server.messages_to(r)) == before + 3, 30, "pg-down and resolved")
 
 
 def test_alert_retried_for_one_recipient_mails_the_others_once(

@@ -1,5 +1,5 @@
 """Helpers of the monitoring tests: Prometheus's and Alertmanager's APIs, asked on ops1 over HTTPS
-with their logins (root reads the password files Prometheus itself uses)."""
+with their logins (root reads the password files Prometheus itself uses); the test SMTP sinks."""
 
 from __future__ import annotations
 
@@ -57,3 +57,19 @@ def firing(ops1: Any, name: str, **labels: str) -> list[dict[str, Any]]:
         if a["labels"].get("alertname") == name
         and all(a["labels"].get(k) == v for k, v in labels.items())
     ]
+
+
+# Subjects of the mails in the SMTP sink of prepare.yml (a Maildir on ops1 and on each worker host),
+# oldest first.
+SUBJECTS = """
+import json, mailbox, os
+mails = []
+if os.path.isdir("/var/lib/mailsink/new"):  # the sink makes its Maildir at the first mail
+    mails = sorted(mailbox.Maildir("/var/lib/mailsink", create=False), key=lambda m: m.get_date())
+print(json.dumps([str(m["Subject"]) for m in mails]))
+"""
+
+
+def mail_subjects(host: Any, name: str) -> list[str]:
+    out = json.loads(host.check_output(f"python3 -c {shlex.quote(SUBJECTS)}"))
+    return [s for s in out if name in s]

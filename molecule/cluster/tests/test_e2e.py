@@ -1,5 +1,6 @@
 """End to end from ops1: each queue's task runs on a worker host that consumes that queue,
-chain/group/chord complete, beat's periodic tasks fire, Flower asks for a login."""
+chain/group/chord complete, beat's periodic tasks fire, an unhealthy cluster mails once per
+incident, Flower asks for a login."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from typing import Any
 
 from conftest import QUEUES, app_python, other_host
+from monitoring import mail_subjects, wait_until
+from reliability import WORKERS, broker_admin
 
 testinfra_hosts = ["ops1"]
 
@@ -102,6 +105,64 @@ def test_beat_fires_the_periodic_tasks(host: Any) -> None:
     assert wanted <= set(seen), f"beat tasks never succeeded: {sorted(wanted - set(seen))}"
     for worker in seen.values():
         assert worker.split("@")[1] in ("worker1", "worker2")
+
+
+HEALTH_ALERT = "System Alert - system_health"
+HEALTH_OK = "System Alert - system_health_ok"
+
+
+def app_mails(subject: str) -> int:
+    """Mails with exactly this subject in the worker hosts' SMTP sinks (prepare.yml)."""
+    return sum(
+        mail_subjects(other_host(w), subject).count(subject)
+        for w in WORKERS  # exact, not _ok
+    )
+
+
+# Beat's health checks that found the cluster unhealthy, by incident ("opened", "ongoing"), from
+# the JSON lines of the batch instances' logs (beat's entries keep no result).
+UNHEALTHY = """
+import collections, json
+seen = collections.Counter()
+for line in open("/var/log/celery/batch.log", encoding="utf-8"):
+    if '"system_unhealthy"' in line:
+        seen[json.loads(line).get("incident")] += 1
+print(json.dumps(seen))
+"""
+
+
+def unhealthy_checks(incident: str) -> int:
+    return sum(
+        json.loads(other_host(w).check_output(f"python3 -c {shlex.quote(UNHEALTHY)}")).get(
+            incident, 0
+        )
+        for w in WORKERS
+    )
+
+
+def test_database_down_mails_one_alert_per_incident(host: Any) -> None:
+    """PostgreSQL stopped on data1 while beat runs the health check (every 10 s here): one alert
+    mail reaches the recipients while it is still down (the alert's ledger is in the broker), the
+    checks that follow find the incident ongoing and mail nothing; once it is back, one mail says
+    so."""
+    data1 = other_host("data1")
+    wait_until(lambda: not broker_admin("GET health:incident").strip(), 90, "no open incident")
+    before = {HEALTH_ALERT: app_mails(HEALTH_ALERT), HEALTH_OK: app_mails(HEALTH_OK)}
+    ongoing = unhealthy_checks("ongoing")
+    t0 = time.time()
+    data1.check_output("systemctl stop postgresql")
+    try:
+        wait_until(lambda: app_mails(HEALTH_ALERT) > before[HEALTH_ALERT], 90, "the alert mail")
+        print(f"HEALTH alert mailed {time.time() - t0:.0f} s after PostgreSQL stopped")
+        assert data1.run("systemctl is-active postgresql").rc != 0  # mailed while down
+        wait_until(lambda: unhealthy_checks("ongoing") >= ongoing + 2, 90, "2 more checks")
+        assert app_mails(HEALTH_ALERT) == before[HEALTH_ALERT] + 1
+    finally:
+        data1.check_output("systemctl start postgresql")
+    wait_until(lambda: app_mails(HEALTH_OK) > before[HEALTH_OK], 120, "the resolved mail")
+    time.sleep(25)  # two more checks (every 10 s here), healthy: no more mail
+    after = {HEALTH_ALERT: app_mails(HEALTH_ALERT), HEALTH_OK: app_mails(HEALTH_OK)}
+    assert after == {subject: n + 1 for subject, n in before.items()}
 
 
 def flower_get(host: Any, path: str, auth: str | None) -> tuple[int, str]:

@@ -5,14 +5,13 @@ CA's client certificate. (The ports closed to a host outside the cluster: test_l
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from typing import Any
 
 import pytest
 from conftest import app_python, other_host
-from monitoring import firing, prom, wait_until
+from monitoring import firing, mail_subjects, prom, wait_until
 from reliability import broker_admin, info_field
 
 testinfra_hosts = ["ops1"]
@@ -63,21 +62,6 @@ print(json.dumps([r.get(timeout=60)["status"] for r in rs]))
     wait_until(lambda: count() >= before + 3, 60, f"{query} to grow by 3 from {before}")
     runtime = prom(host, 'sum(celery_task_runtime_count{name="ops.probe",queue_name="pricing"})')
     assert runtime and float(runtime[0]["value"][1]) >= 3
-
-
-# Subjects of the mails in the SMTP sink of prepare.yml (a Maildir on ops1), oldest first.
-SUBJECTS = """
-import json, mailbox, os
-mails = []
-if os.path.isdir("/var/lib/mailsink/new"):  # the sink makes its Maildir at the first mail
-    mails = sorted(mailbox.Maildir("/var/lib/mailsink", create=False), key=lambda m: m.get_date())
-print(json.dumps([str(m["Subject"]) for m in mails]))
-"""
-
-
-def mail_subjects(host: Any, name: str) -> list[str]:
-    out = json.loads(host.check_output(f"python3 -c {shlex.quote(SUBJECTS)}"))
-    return [s for s in out if name in s]
 
 
 # A 32 MB string in the broker while its memory alert is provoked: the few MB it holds otherwise
