@@ -67,7 +67,7 @@ lab-summary: venv
 		-e 's/^FLOWER_BASIC_AUTH=\([^:]*\):.*/\1/p' /etc/celery/flower.env" | tr -d "'\""); \
 	echo; \
 	echo "ssh:     $$ssh HOST   (hosts: data1 worker1 worker2 ops1; or: $(LAB) ssh HOST)"; \
-	echo "Flower:  http://$$1:$$2/   user $$3, password: cat .lab/secrets/flower_basic_auth_password"; \
+	echo "Flower:  https://$$1:$$2/   user $$3, password: cat .lab/secrets/flower_basic_auth_password; CA: .lab/pki/ca.crt"; \
 	set -- $$($$ssh ops1 "sed -n 's/.*--web.listen-address=\([^ \"]*\).*/\1/p' /etc/default/prometheus \
 		/etc/default/prometheus-alertmanager"); \
 	echo "Prometheus:   https://$$1/classic/alerts  and the Celery console https://$$1/consoles/celery.html"; \

@@ -301,17 +301,45 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _migration_login(raw: str) -> Any:
+    """The app's database URL with the login read from stdin (user, then password, one a line):
+    the migrations' password reaches the process without touching a file or an argument."""
+    from sqlalchemy.engine import make_url
+
+    from app.settings import get_settings
+
+    lines = raw.splitlines()
+    if len(lines) < 2 or not lines[0].strip() or not lines[1]:
+        raise UsageError("--login-stdin: expected the user on the first line, its password next")
+    return make_url(get_settings().database_url).set(username=lines[0].strip(), password=lines[1])
+
+
+def _write_result(path: str, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from app import migrate
     from app.db import session_scope
 
     if args.db_command == "migrate":
-        before = migrate.current()
-        migrate.upgrade(args.revision)
+        stamp = {"id": args.result_id} if args.result_id else {}
+        try:
+            url = _migration_login(sys.stdin.read()) if args.login_stdin else None
+            before = migrate.current(url, args.owner)
+            migrate.upgrade(args.revision, url=url, owner=args.owner)
+            result: dict[str, Any] = {"before": before, "after": migrate.current(url, args.owner)}
+        except Exception as exc:
+            if args.result_file:  # the deployment reads it: its own output is hidden (no_log)
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                _write_result(args.result_file, {**stamp, "error": error})
+            raise
+        if args.result_file:
+            _write_result(args.result_file, {**stamp, **result})
         if args.json:  # the deployment's changed_when: before != after
-            _print({"before": before, "after": migrate.current()})
+            _print(result)
         else:
-            print(f"database at revision {migrate.current()}")
+            print(f"database at revision {result['after']}")
     elif args.db_command == "seed":
         from app.seed import seed
 
@@ -406,6 +434,12 @@ def parser() -> argparse.ArgumentParser:
     m = db.add_parser("migrate", help="apply the Alembic migrations")
     m.add_argument("--revision", default="head")
     m.add_argument("--json", action="store_true", help='print {"before": REV, "after": REV}')
+    m.add_argument(
+        "--login-stdin", action="store_true", help="log in as the user and password read from stdin"
+    )
+    m.add_argument("--owner", help="act as this role (SET ROLE): the owner of what is created")
+    m.add_argument("--result-file", help="also write the JSON result, or the error, to this file")
+    m.add_argument("--result-id", default="", help="stamp the result file with this id")
     db.add_parser("seed", help="insert demo data (idempotent)")
     r = db.add_parser("restore-pricing", help="restore a data.backup_pricing_data file")
     r.add_argument("file")

@@ -59,7 +59,16 @@ def _create_engine() -> None:
             pool_size=_pool_size,
             max_overflow=30,
             pool_recycle=1800,
-            connect_args={"connect_timeout": 5, "application_name": "celery-app"},
+            connect_args={
+                "connect_timeout": 5,
+                "application_name": "celery-app",
+                # A database host gone silent is found within 60 s instead of TCP's two hours
+                # (the server does the same for its clients: the postgresql role's keepalives).
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
         )
         _sessions = sessionmaker(_engine, expire_on_commit=False)
         _engine_pid = os.getpid()

@@ -27,6 +27,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -270,14 +271,17 @@ class LivenessScheduler(PersistentScheduler):
 class FlowerLiveness(Liveness):
     """READY once Flower's web server answers; then alive while it answers and the broker does."""
 
-    def __init__(self, healthcheck_url: str) -> None:
+    def __init__(self, healthcheck_url: str, context: ssl.SSLContext | None = None) -> None:
         super().__init__("flower", lambda: f"serving {healthcheck_url.rsplit('/', 1)[0]}/")
         self.url = healthcheck_url
+        self.context = context  # HTTPS: verified against Flower's CA
 
     def answers(self) -> str:
         """ "" when /healthcheck answers 200 within 5 s, else why not."""
         try:
-            with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310 - our URL
+            with urllib.request.urlopen(  # noqa: S310 - our URL
+                self.url, timeout=5, context=self.context
+            ) as response:
                 return "" if response.status == 200 else f"healthcheck answered {response.status}"
         except OSError as exc:  # URLError and timeouts included
             return f"web server does not answer: {exc}"[:200]

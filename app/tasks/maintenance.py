@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, text, update
 
 from app import health, mail
 from app.celery_app import celery_app
-from app.db import get_engine, session_scope
+from app.db import session_scope
 from app.deliveries import mail_each_once_via_broker
 from app.errors import ValidationError
 from app.logs import get_logger
@@ -123,15 +123,16 @@ def check_system_health(
 
 @celery_app.task(bind=True, name="maintenance.database_maintenance", track_started=True)
 def database_maintenance(self: Any, retention_days: int = 30) -> dict[str, Any]:
-    """Delete application logs older than retention_days, then ANALYZE."""
+    """Delete application logs older than retention_days, then ANALYZE the app's tables."""
     days = require_int(retention_days, "retention_days", minimum=1, maximum=3650)
     cutoff = datetime.now(UTC) - timedelta(days=days)
     with session_scope() as session:
         deleted = session.execute(
             delete(ApplicationLog).where(ApplicationLog.created_at < cutoff)
         ).rowcount  # type: ignore[attr-defined]
-    with get_engine().connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+    with session_scope() as session:
+        # As the tables' owner (migration 0002): the tasks' role may not ANALYZE them itself.
+        session.execute(text("SELECT app_analyze()"))
     return {
         "maintenance_results": {
             "deleted_logs": deleted,

@@ -112,11 +112,12 @@ class SmsGateway:
 
 
 def taskctl(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """taskctl as an operator runs it, with the tests' settings (and `env` over them)."""
     return subprocess.run(
         [str(BIN / "taskctl"), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

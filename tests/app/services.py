@@ -239,9 +239,9 @@ class SmtpServer:
         return [m for m in self.inbox.messages if address in m.get("X-Envelope-To", "").split(", ")]
 
 
-def certificates(tmp: Any) -> dict[str, str]:
+def certificates(tmp: Any, addresses: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, str]:
     """Files in `tmp`: a CA (ca.crt), and NAME.crt with NAME.key for a server certificate for
-    127.0.0.1 (server), a client certificate (prometheus: clientAuth, as roles/pki gives the
+    `addresses` (server), a client certificate (prometheus: clientAuth, as roles/pki gives the
     Prometheus hosts) and another host's certificate (worker: serverAuth only)."""
     import datetime
     import ipaddress
@@ -282,7 +282,9 @@ def certificates(tmp: Any) -> dict[str, str]:
             .not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+                ),
                 critical=False,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)

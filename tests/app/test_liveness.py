@@ -4,10 +4,13 @@ at once. The socket is a real AF_UNIX datagram socket, as systemd's is (NOTIFY_S
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ENV, ROOT, WORK, taskctl, worker_argv
-from services import RedisServer, free_port, wait_for
+from services import RedisServer, certificates, free_port, wait_for
 from test_worker_lifecycle import counts
 
 from app import health
@@ -316,19 +319,41 @@ def test_soft_time_limit_holds_on_every_pool(notified: Any, pool: str) -> None:
     worker.notify.wait("WATCHDOG=1", 5)  # the instance itself is fine
 
 
+def flower_get(port: int, path: str, ca: str, source: str, login: str | None = None) -> int:
+    """Status of an HTTPS GET to Flower on 127.0.0.2 from the address `source`, verified."""
+    context = ssl.create_default_context(cafile=ca)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.2", port, timeout=10, context=context, source_address=(source, 0)
+    )
+    headers = {}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+    try:
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_flower_ready_once_it_serves_and_fed_only_while_the_broker_answers(
-    redis_server: RedisServer,
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """`python -m app.flower_service` (flower.service): READY=1 once its web server answers,
-    WATCHDOG=1 while /healthcheck and the broker answer, none while the broker hangs."""
+    """`python -m app.flower_service` (flower.service): HTTPS with two named logins; READY=1 once
+    its web server answers, WATCHDOG=1 while /healthcheck and the broker answer, none while the
+    broker hangs. /healthcheck answers without a login to its own address only, /metrics never."""
     notify = NotifySocket(WORK / "notify-flower.sock")
     port = free_port()
+    tls = certificates(tmp_path, addresses=("127.0.0.2",))
     env = {
         **os.environ,
         **ENV,
         "APP_BROKER_URL": redis_server.url(BROKER_DB),
-        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_ADDRESS": "127.0.0.2",
         "FLOWER_PORT": str(port),
+        "FLOWER_BASIC_AUTH": "admin:first-password-1,ops:second-password-2",
+        "FLOWER_CERTFILE": str(tmp_path / "server.crt"),
+        "FLOWER_KEYFILE": str(tmp_path / "server.key"),
+        "APP_FLOWER_CA": tls["ca"],
         "NOTIFY_SOCKET": str(notify.path),
         "WATCHDOG_USEC": "2000000",
     }
@@ -343,9 +368,18 @@ def test_flower_ready_once_it_serves_and_fed_only_while_the_broker_answers(
     )
     try:
         ready = notify.wait("READY=1", 90)
-        assert f"STATUS=serving http://127.0.0.1:{port}/" in ready, ready
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=5) as r:
-            assert r.status == 200  # READY meant it: the web server answers
+        assert f"STATUS=serving https://127.0.0.2:{port}/" in ready, ready
+        ca = tls["ca"]
+        # READY meant it; from the host's own address the health check needs no login.
+        assert flower_get(port, "/healthcheck", ca, source="127.0.0.2") == 200
+        # From anywhere else: a login, either of the two.
+        assert flower_get(port, "/healthcheck", ca, source="127.0.0.3") == 401
+        assert flower_get(port, "/healthcheck", ca, "127.0.0.3", "ops:second-password-2") == 200
+        assert flower_get(port, "/metrics", ca, source="127.0.0.2") == 401
+        assert flower_get(port, "/metrics", ca, "127.0.0.3", "admin:first-password-1") == 200
+        assert flower_get(port, "/", ca, "127.0.0.3", "admin:second-password-2") == 401
+        with pytest.raises(OSError):  # plain HTTP is no way in
+            urllib.request.urlopen(f"http://127.0.0.2:{port}/healthcheck", timeout=5)
         notify.wait("WATCHDOG=1", 10)
         assert redis_server.proc is not None
         redis_server.proc.send_signal(signal.SIGSTOP)

@@ -171,3 +171,15 @@ def test_system_alert_refuses_bad_payload(alive: Any) -> None:
 def test_worker_health_check_names_the_worker(alive: Any) -> None:
     out = run("maintenance.worker_health_check").result
     assert out["worker_id"].startswith("testworker@") and out["healthy"], out
+
+
+def test_database_maintenance_prunes_old_logs_and_analyzes(alive: Any) -> None:
+    with session_scope() as s:
+        old = ApplicationLog(level="INFO", event="old", data={})
+        s.add(old)
+        s.flush()
+        old.created_at = datetime.now(UTC) - timedelta(days=40)
+    out = run("maintenance.database_maintenance", 30)
+    assert out.state == "SUCCESS", out.result
+    assert out.result["maintenance_results"]["deleted_logs"] >= 1
+    assert out.result["maintenance_results"]["statistics_updated"] is True

@@ -35,6 +35,7 @@ def base_inventory() -> dict[str, Any]:
                 "redis_celery_password": "preflight-redis",
                 "redis_admin_password": "preflight-redis-admin",
                 "postgresql_app_password": "preflight-pg",
+                "postgresql_migrator_password": "preflight-pg-migrator",
                 "flower_basic_auth_password": "preflight-flower",
                 "redis_monitor_password": "preflight-redis-monitor",
                 "prometheus_web_password": "preflight-prometheus",
@@ -205,9 +206,17 @@ CASES = {
         lambda i: set_all(i, flower_address="8.8.8.8"),
         "flower_address 8.8.8.8 is not a private",
     ),
+    "flower extra login with a colon and a short password": (
+        lambda i: set_all(i, flower_extra_logins=[{"name": "a:b", "password": "short"}]),
+        "flower_extra_logins: each entry needs a unique name",
+    ),
     "missing postgresql secret": (
         lambda i: set_all(i, postgresql_app_password=""),
         "postgresql_app_password",
+    ),
+    "missing migrations secret": (
+        lambda i: set_all(i, postgresql_migrator_password=""),
+        "postgresql_migrator_password",
     ),
     "redis host not in the inventory": (
         lambda i: set_all(i, celery_app_redis_host="cache9"),

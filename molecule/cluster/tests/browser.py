@@ -4,17 +4,23 @@ controller, driven by Selenium): Flower (test_flower_browser.py), Prometheus and
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 ARTIFACTS = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "artifacts"
+# The scenario's CA and host certificates (playbooks/pki.yml).
+PKI = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Flags this machine needs (no sandbox as root, no GPU) and no traffic beyond the lab.
 CHROMIUM_FLAGS = [
@@ -28,6 +34,21 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--window-size=1400,900",
 ]
+
+
+def spki_pin(cert: Path) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list value: base64 SHA-256 of the public key."""
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def pinned_to(host: str) -> str:
+    """The flag that makes Chromium accept `host`'s own key only (the lab CA is not in the
+    controller's trust store)."""
+    return f"--ignore-certificate-errors-spki-list={spki_pin(PKI / f'{host}.crt')}"
 
 
 @contextlib.contextmanager

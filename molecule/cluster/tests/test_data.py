@@ -33,3 +33,82 @@ def test_postgresql_sized_for_the_pool_processes_the_workers_start(host: Any) ->
     assert sorted(stats) == sorted(all_nodes()), sorted(stats)
     started = sum(int(s["pool"]["max-concurrency"]) for s in stats.values())
     assert sized == started, (sized, {n: s["pool"]["max-concurrency"] for n, s in stats.items()})
+
+
+BOUNDS = """
+import json
+from sqlalchemy import text
+from app.db import get_engine
+names = ["statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+         "tcp_keepalives_idle"]
+with get_engine().connect() as c:
+    print(json.dumps({n: c.execute(text("SELECT current_setting(:n)"), {"n": n}).scalar()
+                      for n in names}))
+"""
+
+
+def keepalive_seconds(ss_lines: list[str]) -> list[int]:
+    """The keepalive timers of `ss -o` lines, in seconds (e.g. timer:(keepalive,29sec,0))."""
+    units = {"ms": 0.001, "sec": 1, "min": 60}
+    found = (re.search(r"timer:\(keepalive,([\d.]+)(ms|sec|min)", line) for line in ss_lines)
+    return [round(float(m.group(1)) * units[m.group(2)]) for m in found if m]
+
+
+def test_the_apps_sessions_are_bounded(host: Any) -> None:
+    """The app's role carries the postgresql role's session bounds (its defaults), and both ends
+    of its connections probe a silent peer after 30 s (app) and 60 s (server) of quiet, not
+    after TCP's two hours (ss shows the time left on each connection's keepalive timer)."""
+    bounds = app_python(other_host("worker1"), BOUNDS)
+    assert bounds == {
+        "statement_timeout": "5min",
+        "lock_timeout": "30s",
+        "idle_in_transaction_session_timeout": "2min",
+        "tcp_keepalives_idle": "60",
+    }
+    established = "ss -tnoH state established '( {} = :5432 )'"
+    # Columns without a state: Recv-Q Send-Q Local Peer timer; the exporter uses the socket.
+    server = host.check_output(established.format("sport")).splitlines()
+    client = other_host("worker1").check_output(established.format("dport")).splitlines()
+    server_timers = keepalive_seconds(server)
+    client_timers = keepalive_seconds(client)
+    assert server_timers and client_timers, (server, client)
+    assert max(server_timers) <= 60, server
+    assert max(client_timers) <= 30, client
+
+
+REFUSED = """
+import json
+from sqlalchemy import text
+from app.db import get_engine
+out = {}
+for statement in ("CREATE TABLE intruder (id int)", "DROP TABLE quotes", "TRUNCATE quotes",
+                  "SET ROLE app_owner"):
+    with get_engine().connect() as c:
+        try:
+            c.execute(text(statement))
+            out[statement] = "allowed"
+        except Exception as exc:
+            out[statement] = str(exc.orig if hasattr(exc, "orig") else exc).splitlines()[0]
+        c.rollback()
+print(json.dumps(out))
+"""
+
+
+def test_the_tasks_role_owns_nothing_and_may_not_change_the_schema(host: Any) -> None:
+    """The migrations ran as app_owner (taskctl db migrate --owner, its login on stdin): every
+    table, sequence and function of the app is app_owner's; the workers' role is refused DDL."""
+    owners = host.check_output(
+        "runuser -u postgres -- psql -XAtq -d app -c "
+        '"SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class'
+        " WHERE relnamespace = 'public'::regnamespace"
+        " UNION SELECT pg_get_userbyid(proowner) FROM pg_proc"
+        " WHERE pronamespace = 'public'::regnamespace\""
+    )
+    assert owners.split() == ["app_owner"]
+    refused = app_python(other_host("worker1"), REFUSED)
+    assert refused == {
+        "CREATE TABLE intruder (id int)": "permission denied for schema public",
+        "DROP TABLE quotes": "must be owner of table quotes",
+        "TRUNCATE quotes": "permission denied for table quotes",
+        "SET ROLE app_owner": 'permission denied to set role "app_owner"',
+    }, refused

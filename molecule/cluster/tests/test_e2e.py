@@ -5,8 +5,10 @@ incident, Flower asks for a login."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from conftest import QUEUES, app_python, other_host
@@ -165,15 +167,17 @@ def test_database_down_mails_one_alert_per_incident(host: Any) -> None:
     assert after == {subject: n + 1 for subject, n in before.items()}
 
 
-def flower_get(host: Any, path: str, auth: str | None) -> tuple[int, str]:
-    """HTTP status and body of Flower's `path`, fetched on ops1 from its cluster address."""
+def flower_get(host: Any, path: str, auth: str | None, client: Any = None) -> tuple[int, str]:
+    """HTTP status and body of Flower's `path` on ops1's cluster address, fetched over HTTPS from
+    `client` (ops1 itself by default), the certificate verified against the lab CA."""
     code = f"""
-import base64, sys, urllib.error, urllib.request
-req = urllib.request.Request("http://" + sys.argv[1] + ":5555{path}")
+import base64, ssl, sys, urllib.error, urllib.request
+req = urllib.request.Request("https://" + sys.argv[1] + ":5555{path}")
 if len(sys.argv) > 2:
     req.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+context = ssl.create_default_context(cafile="/etc/celery/ca.pem")
 try:
-    r = urllib.request.urlopen(req, timeout=10)
+    r = urllib.request.urlopen(req, timeout=10, context=context)
     print(r.status)
     print(r.read().decode())
 except urllib.error.HTTPError as e:
@@ -181,7 +185,7 @@ except urllib.error.HTTPError as e:
 """
     address = host.check_output("hostname -I").split()[0]
     args = f"{address} {shlex.quote(auth)}" if auth else address
-    out = host.check_output(f"python3 -c {shlex.quote(code)} {args}")
+    out = (client or host).check_output(f"python3 -c {shlex.quote(code)} {args}")
     status, _, body = out.partition("\n")
     return int(status), body
 
@@ -189,7 +193,11 @@ except urllib.error.HTTPError as e:
 def flower_login(host: Any) -> str:
     env = host.file("/etc/celery/flower.env").content_string
     basic = next(x for x in env.splitlines() if x.startswith("FLOWER_BASIC_AUTH="))
-    return basic.split("=", 1)[1].strip('"')
+    return basic.split("=", 1)[1].strip('"').split(",")[0]  # the first of the logins
+
+
+def address_of(host: Any) -> str:
+    return str(host.check_output("hostname -I").split()[0])
 
 
 def test_flower_requires_its_login(host: Any) -> None:
@@ -201,10 +209,20 @@ def test_flower_requires_its_login(host: Any) -> None:
     status, body = flower_get(host, "/api/workers?refresh=1", login)
     assert status == 200
     assert {"pricing@worker1", "batch@worker2"} <= set(json.loads(body))
+    # Flower 2 serves /metrics and /healthcheck to anyone; app/flower_service.py puts /metrics
+    # behind the login, and /healthcheck too for any other host than Flower's own.
     assert flower_get(host, "/healthcheck", None)[0] == 200
-    # Flower 2 serves /metrics to anyone; app/flower_service.py puts it behind the login.
     assert flower_get(host, "/metrics", None)[0] == 401
     assert flower_get(host, "/metrics", login)[0] == 200
+    worker1 = other_host("worker1")
+    secrets = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".lab/secrets")
+    ops = f"ops:{(secrets / 'flower_ops_password').read_text().strip()}"  # the lab's extra login
+    assert flower_get(host, "/healthcheck", None, client=worker1)[0] == 401
+    assert flower_get(host, "/metrics", None, client=worker1)[0] == 401
+    assert flower_get(host, "/healthcheck", ops, client=worker1)[0] == 200
+    assert flower_get(host, "/api/workers", ops, client=worker1)[0] == 200
+    plain = f"urllib.request.urlopen('http://{address_of(host)}:5555/healthcheck', timeout=5)"
+    assert worker1.run(f"python3 -c {shlex.quote('import urllib.request; ' + plain)}").rc != 0
 
 
 def test_workers_keep_logging_after_logrotate(host: Any) -> None:

@@ -1,8 +1,9 @@
 """Flower seen in a real browser: Debian's headless Chromium, driven by Selenium (controller).
 
-The dashboard on ops1's cluster address, logged in with the inventory's basic-auth credentials,
-lists every worker instance of the inventory (`NAME@HOST`) as online; without credentials Flower
-answers 401. The screenshot is kept in artifacts/flower-dashboard.png (git-ignored).
+The dashboard on ops1's cluster address, over HTTPS (the browser pinned to ops1's certificate),
+logged in with the inventory's basic-auth credentials, lists every worker instance of the
+inventory (`NAME@HOST`) as online; without credentials Flower answers 401. The screenshot is
+kept in artifacts/flower-dashboard.png (git-ignored).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from browser import ARTIFACTS, chromium, document_status
+from browser import ARTIFACTS, PKI, chromium, document_status, pinned_to
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
@@ -81,7 +83,7 @@ def expected_workers(facts: dict[str, Any]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    with chromium() as driver:
+    with chromium(pinned_to("ops1")) as driver:
         yield driver
 
 
@@ -93,7 +95,7 @@ ROWS_JS = (
 
 
 def url(flower: dict[str, Any], path: str = "/") -> str:
-    return f"http://{flower['address']}:{flower['port']}{path}"
+    return f"https://{flower['address']}:{flower['port']}{path}"
 
 
 def test_flower_refuses_a_browser_without_credentials(
@@ -104,8 +106,9 @@ def test_flower_refuses_a_browser_without_credentials(
     assert document_status(browser, url(flower)) == 401
     assert not browser.find_elements(By.ID, "workers-table")
     # The same refusal outside the browser, with the challenge that makes a browser ask for a login.
+    verified = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(url(flower), timeout=30)  # noqa: S310 (http to the lab host)
+        urllib.request.urlopen(url(flower), timeout=30, context=verified)  # noqa: S310
     assert refused.value.code == 401
     assert refused.value.headers.get("WWW-Authenticate", "").startswith("Basic")
 

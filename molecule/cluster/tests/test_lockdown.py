@@ -57,6 +57,7 @@ def secrets() -> dict[str, str]:
     assert {
         "redis_celery_password",
         "postgresql_app_password",
+        "postgresql_migrator_password",
         "flower_basic_auth_password",
     } <= set(found), f"secrets missing in {root}: {sorted(found)}"
     assert all(len(v) >= 12 for v in found.values())
@@ -168,6 +169,17 @@ def test_no_secret_in_a_unit_or_a_world_readable_file(secrets: dict[str, str]) -
         # The check can fail: app.env holds the secrets (not world-readable).
         if name == "worker1":
             assert h.run(f"grep -qF {patterns} /etc/celery/app.env").rc == 0
+
+
+def test_the_migrations_password_is_on_no_host(secrets: dict[str, str]) -> None:
+    """The migrations' login reaches `taskctl db migrate` on stdin (roles/celery_app/tasks/
+    migrate.yml): no file of any host holds it, whatever its mode."""
+    value = shlex.quote(secrets["postgresql_migrator_password"])
+    for name in EVERY_HOST:
+        found = other_host(name).run(
+            f"grep -rlF -e {value} /etc /var/lib /opt /root /run /tmp /var/tmp /var/log 2>/dev/null"
+        )
+        assert found.stdout.strip() == "", f"the migrations' password on {name}: {found.stdout}"
 
 
 def test_no_secret_in_the_ansible_output(secrets: dict[str, str]) -> None:

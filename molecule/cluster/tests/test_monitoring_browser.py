@@ -9,7 +9,6 @@ no web UI (docs/DESIGN.md). Screenshots: artifacts/prometheus-*.png, alertmanage
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import time
@@ -18,34 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import ARTIFACTS, chromium, document_status
+from browser import ARTIFACTS, chromium, document_status, pinned_to
 from conftest import other_host
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from monitoring import api, firing, prom, wait_until
 from selenium import webdriver
 
 testinfra_hosts = ["ops1"]
 
-PKI = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki"
 SECRETS = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / ".lab" / "secrets"
 # The jobs and how many targets each has on this scenario's inventory.
 JOBS = {"node": 4, "redis": 2, "postgres": 1, "celery": 1, "alertmanager": 1, "prometheus": 1}
 
 
-def spki_pin(cert: Path) -> str:
-    """Chromium's --ignore-certificate-errors-spki-list value: base64 SHA-256 of the public key."""
-    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    # Only ops1's own key is accepted (the lab CA is not in the controller's trust store).
-    with chromium(f"--ignore-certificate-errors-spki-list={spki_pin(PKI / 'ops1.crt')}") as driver:
+    with chromium(pinned_to("ops1")) as driver:
         yield driver
 
 

@@ -11,14 +11,16 @@ Trials: RELIABILITY_TRIALS (default 1) repeats each scenario.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import QUEUES, app_python, other_host
+from conftest import AS_CELERY, QUEUES, app_python, other_host
 from reliability import (
     FIGURES,
     INSTANCES,
@@ -189,13 +191,51 @@ def test_worker_host_reboot(cluster_restored: Any, trial: int) -> None:
     assert (c["lost"], c["duplicated"]) == (0, 0), (c, status)
 
 
+# A lock taken by a process on a worker host, then the host cut off inside the transaction.
+LOCK_KEY = 7_204_612
+HOLD_LOCK = f"""
+import time
+from sqlalchemy import text
+from app.db import get_engine
+with get_engine().connect() as c:
+    c.execute(text("SELECT pg_advisory_xact_lock({LOCK_KEY})"))
+    time.sleep(900)
+"""
+LOCK_FREE = f"""
+import json, sys, time
+from sqlalchemy import text
+from app.db import get_engine
+start, free = time.monotonic(), False
+while not free and time.monotonic() - start < float(%s):
+    with get_engine().connect() as c:
+        free = c.execute(text("SELECT pg_try_advisory_xact_lock({LOCK_KEY})")).scalar()
+        c.rollback()
+    time.sleep(0 if free else 1)
+print(json.dumps({{"free": free, "seconds": round(time.monotonic() - start, 1)}}))
+"""
+# The postgresql role's defaults: a silent client is found after keepalives 60 + 10 x 3 = 90 s;
+# a transaction idle for 2 min is ended anyway. Before them, TCP's default: two hours.
+LOCK_FREED_WITHIN = 90 + 20
+
+
 def test_worker_host_cut_off(cluster_restored: Any) -> None:
     """worker2 cut off the network (a partition) while probes stream to every queue: every
-    queue is still served by worker1, and no probe may be lost."""
+    queue is still served by worker1, and no probe may be lost. A transaction worker2 held open
+    with a lock (a task cut off mid-transaction) is ended by PostgreSQL, its lock freed."""
     ops1 = cluster_restored
+    worker2 = other_host("worker2")
     prefix = new_prefix("cut")
     sent = [0]
     stop = threading.Event()
+    holder = AS_CELERY.replace("--wait --pipe ", "--unit=test-lock-holder ")
+    worker2.check_output(f"{holder} /opt/celery/current/bin/python -c {shlex.quote(HOLD_LOCK)}")
+    for _ in range(30):  # until the holder has it (its Python starts in a second or two)
+        if not app_python(ops1, LOCK_FREE % 0.1)["free"]:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("worker2's process never took the lock")
+    freed: dict[str, Any] = {}
 
     def stream() -> None:
         # Several messages a second on every queue, so that worker2's consumers have a BRPOP
@@ -211,6 +251,10 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
     streamer.start()
     time.sleep(4)
     lab("cut", "worker2")
+    waiter = threading.Thread(
+        target=lambda: freed.update(app_python(ops1, LOCK_FREE % 200, timeout=240)), daemon=True
+    )
+    waiter.start()
     try:
         time.sleep(6)
         stop.set()
@@ -218,9 +262,13 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
         # At most 120 s (past the 80 s visibility + the sweep); wait_done returns once the broker
         # holds none of them: what is not done then is lost.
         c = wait_done(ops1, prefix, sent[0], 120, "worker host cut off (partition)")
+        waiter.join(240)  # the cable stays out until the server has ended worker2's session
     finally:
         lab("restore", "worker2")
+        worker2.run("systemctl stop test-lock-holder.service")
     wait_healthy("worker2")
+    print(f"RELIABILITY lock of a cut-off worker freed after {freed.get('seconds')} s")
+    assert freed.get("free") and freed["seconds"] <= LOCK_FREED_WITHIN, freed
     assert c["duplicated"] == 0, c
     # The known window (docs/RELIABILITY.md, "A worker host cut off"): a message that a BRPOP of
     # worker2 took as the cable went is in neither the queue nor unacked; one per consumer
@@ -230,16 +278,44 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
         pytest.xfail(f"known loss window of a partition: {c['lost']} of {sent[0]} lost")
 
 
-def roll_under_load(ops1: Any, playbook: str) -> None:
-    """Run playbooks/`playbook` while ops1 keeps sending 1 s probes to the five queues; 0 lost."""
+# Sampled on ops1 while a playbook rolls, about every 3 s (an inspect waits 2 s for replies):
+# the queues no instance reports consuming (Celery's inspect active_queues), until the stop file.
+SAMPLER_STOP = "/var/lib/celery/.roll-sampler-stop"
+SAMPLER = f"""
+import json, os, time
+from app.celery_app import celery_app
+from app.queues import QUEUES
+samples, gaps, deadline = 0, [], time.monotonic() + 900
+while not os.path.exists("{SAMPLER_STOP}") and time.monotonic() < deadline:
+    replies = celery_app.control.inspect(timeout=2).active_queues() or {{}}
+    consumed = {{q["name"] for queues in replies.values() for q in queues}}
+    samples += 1
+    if set(QUEUES) - consumed:
+        gaps.append({{"missing": sorted(set(QUEUES) - consumed), "nodes": sorted(replies)}})
+    time.sleep(1)
+print(json.dumps({{"samples": samples, "gaps": gaps}}))
+"""
+
+
+def roll_under_load(ops1: Any, playbook: str, *args: str) -> None:
+    """Run `playbook` (a path from the project's root, with `args`) while ops1 keeps sending 1 s
+    probes to the five queues and samples the queues' consumers: 0 lost, no queue ever without
+    a consumer."""
     root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    prefix = new_prefix(playbook.split(".")[0])
+    prefix = new_prefix(os.path.basename(playbook).split(".")[0])
+    ops1.check_output(f"rm -f {SAMPLER_STOP}")
+    sampled: dict[str, Any] = {}
+    sampler = threading.Thread(
+        target=lambda: sampled.update(app_python(ops1, SAMPLER, timeout=960)), daemon=True
+    )
+    sampler.start()
     proc = subprocess.Popen(
         [
             "ansible-playbook",
             "-i",
             os.environ["MOLECULE_INVENTORY_FILE"],
-            f"{root}/playbooks/{playbook}",
+            f"{root}/{playbook}",
+            *args,
         ],
         cwd=root,
         env={**os.environ, "ANSIBLE_ROLES_PATH": f"{root}/roles"},
@@ -264,17 +340,32 @@ def roll_under_load(ops1: Any, playbook: str) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        ops1.check_output(f"touch {SAMPLER_STOP}")
+        sampler.join(timeout=30)
     reader.join(timeout=10)
     assert sent >= 20, f"the load lasted too short: {sent}"
     c = wait_done(ops1, prefix, sent, 240, f"{playbook} under load")
+    print(f"RELIABILITY {playbook} {' '.join(args)}: sent={sent} {c} consumers {sampled}")
     assert (c["lost"], c["duplicated"]) == (0, 0), c
+    assert sampled.get("samples", 0) >= 10 and not sampled["gaps"], sampled
 
 
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("trial", TRIALS)
 def test_rolling_restart_under_load(cluster_restored: Any, trial: int) -> None:
     """playbooks/rolling_restart.yml while probes keep arriving on every queue: 0 lost."""
-    roll_under_load(cluster_restored, "rolling_restart.yml")
+    roll_under_load(cluster_restored, "playbooks/rolling_restart.yml")
+
+
+@pytest.mark.timeout(1200)
+def test_site_yml_with_a_changed_app_env_keeps_every_queue_consumed(cluster_restored: Any) -> None:
+    """site.yml (its app and workers parts) with a changed app.env, under load: every instance
+    restarts, one worker host at a time behind the health gate (playbooks/workers.yml); every
+    sample of the consumers (about every 3 s) finds each queue consumed; 0 lost. Then the same
+    without the change, which puts the cluster back as it was."""
+    mark = json.dumps({"celery_app_env_extra": {"APP_ROLL_MARK": str(int(time.time()))}})
+    roll_under_load(cluster_restored, "site.yml", "--tags", "app,workers", "-e", mark)
+    roll_under_load(cluster_restored, "site.yml", "--tags", "app,workers")
 
 
 @pytest.mark.skipif(
@@ -284,7 +375,7 @@ def test_rolling_restart_under_load(cluster_restored: Any, trial: int) -> None:
 @pytest.mark.timeout(1800)
 def test_rolling_deploy_under_load(cluster_restored: Any) -> None:
     """playbooks/rolling_deploy.yml (a new release host by host) under load: 0 lost."""
-    roll_under_load(cluster_restored, "rolling_deploy.yml")
+    roll_under_load(cluster_restored, "playbooks/rolling_deploy.yml")
 
 
 def test_poison_message_bounded(cluster_restored: Any) -> None:

@@ -104,15 +104,67 @@ def test_monitor_role_reads_statistics_only(host: Any) -> None:
     assert sql(host, "SELECT has_database_privilege('prometheus', 'app', 'CONNECT')") == "f"
 
 
-def test_app_database_owned_by_app_and_closed_to_public(host: Any) -> None:
+def test_app_database_owned_by_app_owner_and_closed_to_public(host: Any) -> None:
     assert (
-        sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == "app"
+        sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'")
+        == "app_owner"
     )
     assert sql(host, "SELECT has_database_privilege('public', 'app', 'CONNECT')") == "f"
     assert (
         sql(host, "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'app'")
         == "UTF8"
     )
+
+
+def test_three_roles_owner_migrator_and_tasks(host: Any) -> None:
+    """app_owner owns and cannot log in; app_migrator logs in and may only act as it (NOINHERIT);
+    app, the tasks' role, is in no role and carries the session bounds."""
+    flags = sql(
+        host,
+        "SELECT rolname, rolcanlogin, rolinherit FROM pg_roles"
+        " WHERE rolname IN ('app_owner', 'app_migrator', 'app') ORDER BY rolname",
+    )
+    assert flags.splitlines() == ["app|t|t", "app_migrator|t|f", "app_owner|f|t"]
+    members = sql(
+        host,
+        "SELECT string_agg(g.rolname || '>' || u.rolname, ',') FROM pg_auth_members m"
+        " JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member"
+        " WHERE u.rolname IN ('app', 'app_migrator')",
+    )
+    assert members == "app_owner>app_migrator"
+    config = sql(host, "SELECT array_to_string(rolconfig, ',') FROM pg_roles WHERE rolname = 'app'")
+    assert set(config.split(",")) == {
+        "statement_timeout=5min",
+        "lock_timeout=30s",
+        "idle_in_transaction_session_timeout=2min",
+    }
+
+
+def test_the_tasks_role_gets_rows_of_the_owners_tables_and_nothing_else(
+    host: Any, peer: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    """A table the owner creates (as the migrations do) is readable and writable by app through
+    the default privileges; app may not create, drop or truncate, nor act as the owner."""
+    sql(host, "SET ROLE app_owner; CREATE TABLE IF NOT EXISTS role_probe (id serial, v int)", "app")
+    try:
+
+        def as_app(query: str) -> Any:
+            return app_login(
+                peer("worker1"), cluster_address, hostvars["postgresql_app_password"], query=query
+            )
+
+        wrote = as_app("INSERT INTO role_probe (v) VALUES (1) RETURNING id")
+        assert wrote.rc == 0 and wrote.stdout.strip().isdigit(), wrote.stderr
+        for query, error in (
+            ("CREATE TABLE intruder (id int)", "permission denied for schema public"),
+            ("DROP TABLE role_probe", "must be owner of table role_probe"),
+            ("TRUNCATE role_probe", "permission denied for table role_probe"),
+            ("SET ROLE app_owner", "permission denied to set role"),
+        ):
+            out = as_app(query)
+            assert out.rc != 0 and error in out.stderr, (query, out.stderr)
+    finally:
+        sql(host, "DROP TABLE IF EXISTS role_probe", "app")
 
 
 def test_pg_hba_scram_from_app_hosts_only(host: Any, peer: Any) -> None:
