@@ -107,12 +107,13 @@ def through_api(url: str, token: str, context: ssl.SSLContext | None, task: str,
     def one(state: dict[str, Any]) -> None:
         conn = state.get("conn")
         if conn is None:
+            host = parts.hostname or "127.0.0.1"
             if parts.scheme == "https":
                 conn = http.client.HTTPSConnection(
-                    parts.hostname, parts.port or 443, timeout=10, context=context
+                    host, parts.port or 443, timeout=10, context=context
                 )
             else:
-                conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
+                conn = http.client.HTTPConnection(host, parts.port or 80, timeout=10)
             state["conn"] = conn
         conn.request("POST", "/v1/jobs", body=body, headers=headers)
         response = conn.getresponse()

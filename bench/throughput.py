@@ -14,8 +14,11 @@ ExecStart command line with /etc/celery/app.env and worker-NAME.env, as user cel
 `systemd-nojournal` (a diagnostic: the units with a drop-in in /run sending their stdout/stderr
 to /dev/null instead of the journal), and `systemd-nowatchdog` (the units with a drop-in turning
 sd_notify and the watchdog off: Type=exec, WatchdogSec=0, so app/liveness.py's thread never
-starts). Ratio systemd/hand: target >= 0.95; systemd/systemd-nowatchdog: what the watchdog costs.
-`--modes systemd,systemd-nowatchdog` runs only those.
+starts), and `systemd-nomonitoring` (the units, with every metrics unit of every host stopped
+for the burst: Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters).
+Ratio systemd/hand: target >= 0.95; systemd/systemd-nowatchdog: what the watchdog costs;
+systemd/systemd-nomonitoring: what the metrics cost (target >= 0.98).
+`--modes systemd,systemd-nomonitoring` runs only those.
 """
 
 from __future__ import annotations
@@ -64,13 +67,32 @@ def dropin(settings: str) -> str:
 NOJOURNAL = dropin("StandardOutput=null\\nStandardError=null\\n")
 NOWATCHDOG = dropin("Type=exec\\nWatchdogSec=0\\nNotifyAccess=none\\n")
 UNJOURNAL = f"rm -f {DROPIN}; systemctl daemon-reload\n"
+# The metrics units active on a host (playbooks/monitoring.yml), stopped for a burst and started
+# again after it; the list is kept in /run between the two.
+MONITORING_UNITS = "'prometheus*' 'celery-exporter*' 'pki-expiry-metrics*'"
+MONITORING_STOP = (
+    f"systemctl list-units --state=active --plain --no-legend {MONITORING_UNITS}"
+    " | awk '{print $1}' > /run/bench-monitoring.units; "
+    "systemctl stop $(cat /run/bench-monitoring.units)\n"
+)
+MONITORING_START = (
+    "[ -s /run/bench-monitoring.units ] && systemctl start $(cat /run/bench-monitoring.units); "
+    "rm -f /run/bench-monitoring.units\n"
+)
 # mode -> (before the sends, after the sends, after the burst)
 MODES = {
     "systemd": (UNITS_STOP, UNITS_START, ""),
     "hand": (UNITS_STOP + HAND_STOP, HAND_START, HAND_STOP),
     "systemd-nojournal": (UNITS_STOP + NOJOURNAL, UNITS_START, UNITS_STOP + UNJOURNAL),
     "systemd-nowatchdog": (UNITS_STOP + NOWATCHDOG, UNITS_START, UNITS_STOP + UNJOURNAL),
+    "systemd-nomonitoring": (UNITS_STOP, UNITS_START, ""),
 }
+# Modes that change every host, not only the worker hosts: (before the burst, after it).
+EVERY_HOST = {"systemd-nomonitoring": (MONITORING_STOP, MONITORING_START)}
+
+
+def every_host(lab: str) -> list[str]:
+    return ["data1", "ops1", *common.workers(lab)]
 
 
 def main() -> None:
@@ -86,7 +108,14 @@ def main() -> None:
             for kind in kinds:
                 for mode, (stop, start, after) in modes.items():
                     count = int(COUNTS[kind] * a.scale)
-                    r = common.held_burst(a.lab, kind, count, stop, start)
+                    before, after_all = EVERY_HOST.get(mode, ("", ""))
+                    for host in every_host(a.lab) if before else []:
+                        common.ssh(a.lab, host, before)
+                    try:
+                        r = common.held_burst(a.lab, kind, count, stop, start)
+                    finally:
+                        for host in every_host(a.lab) if after_all else []:
+                            common.ssh(a.lab, host, after_all)
                     for host in common.workers(a.lab) if after else []:
                         common.ssh(a.lab, host, after)
                     common.emit({"bench": "throughput", "run": run, "mode": mode, **r})
@@ -94,6 +123,8 @@ def main() -> None:
     finally:
         for host in common.workers(a.lab):
             common.ssh(a.lab, host, HAND_STOP + UNJOURNAL + UNITS_START)
+        for host in every_host(a.lab):
+            common.ssh(a.lab, host, MONITORING_START)
     common.wait_nodes(a.lab)
     summary = {}
     for kind in kinds:
@@ -103,6 +134,7 @@ def main() -> None:
             "systemd_over_hand": ("systemd", "hand"),
             "nojournal_over_hand": ("systemd-nojournal", "hand"),
             "systemd_over_nowatchdog": ("systemd", "systemd-nowatchdog"),
+            "systemd_over_nomonitoring": ("systemd", "systemd-nomonitoring"),
         }
         ratios = {
             name: round(med[top] / med[bottom], 3)

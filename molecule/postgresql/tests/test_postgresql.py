@@ -179,7 +179,8 @@ def test_pg_hba_scram_from_app_hosts_only(host: Any, peer: Any) -> None:
         "local|all|postgres|||peer",
         # The metrics exporter's role (postgresql_monitor_user): the postgres database, by peer.
         "local|postgres|prometheus|||peer",
-        f"hostssl|app|app|{worker}|255.255.255.255|scram-sha-256",
+        # The tasks' role and the migrations' login, from the app's hosts only.
+        f"hostssl|app|app,app_migrator|{worker}|255.255.255.255|scram-sha-256",
     ]
     hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
     assert (hba.user, hba.group, hba.mode) == ("postgres", "postgres", 0o640)
