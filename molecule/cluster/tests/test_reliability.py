@@ -347,7 +347,8 @@ def roll_under_load(ops1: Any, playbook: str, *args: str) -> None:
     c = wait_done(ops1, prefix, sent, 240, f"{playbook} under load")
     print(f"RELIABILITY {playbook} {' '.join(args)}: sent={sent} {c} consumers {sampled}")
     assert (c["lost"], c["duplicated"]) == (0, 0), c
-    assert sampled.get("samples", 0) >= 10 and not sampled["gaps"], sampled
+    # A sample every ~3 s through the roll (a fast rolling restart takes ~20 s): some, no gap.
+    assert sampled.get("samples", 0) >= 3 and not sampled["gaps"], sampled
 
 
 @pytest.mark.timeout(1200)
