@@ -59,8 +59,9 @@ def chromium(*extra_flags: str) -> Iterator[webdriver.Chrome]:
         options.add_argument(flag)
     with tempfile.TemporaryDirectory(prefix="lab-chromium-") as profile:
         options.add_argument(f"--user-data-dir={profile}")
-        # The DevTools network events, to read the HTTP status the browser got for a page.
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        # The DevTools network events, to read the HTTP status the browser got for a page; the
+        # console, for a failing test's report.
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
         os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser or driver
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         driver.set_page_load_timeout(60)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -61,37 +63,47 @@ print(json.dumps(time.monotonic() - t0))
     return seconds
 
 
+def probe_prefix(prefix: str) -> str:
+    """`prefix` checked to be one of new_prefix's (inlined in SQL below: no quoting needed)."""
+    assert re.fullmatch(r"rel-[a-z0-9-]+-[0-9a-f]{8}", prefix), prefix
+    return prefix
+
+
+def pg_json(sql: str, timeout: float = 90) -> Any:
+    """One JSON value computed by PostgreSQL on data1, read as its superuser over the local
+    socket: the tests need no app login on ops1 (which holds no database password: it runs no
+    task). Retried while PostgreSQL restarts."""
+    data1 = other_host("data1")
+    cmd = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app -c {shlex.quote(sql)}"
+    deadline = time.monotonic() + timeout
+    while True:
+        out = data1.run(cmd)
+        if out.rc == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert out.rc == 0, f"psql on data1 failed (rc {out.rc}): {out.stderr[-2000:]}"
+    return json.loads(out.stdout.strip())
+
+
 def counts(ops1: Any, prefix: str) -> dict[str, int]:
     """Probes of `prefix`: rows, completed once, not completed, more than once, runs."""
-    # The prefix is ours (new_prefix) and a bound parameter of the query.
-    code = f"""
-import json
-from sqlalchemy import text
-from app.db import session_scope
-with session_scope() as s:
-    row = s.execute(text(
-        "select count(*), count(*) filter (where completions = 1),"
-        " count(*) filter (where completions = 0), count(*) filter (where completions > 1),"
-        " coalesce(sum(runs), 0) from task_probes where token like :p"),
-        {{"p": "{prefix}-%"}}).one()
-keys = ["rows", "completed", "unfinished", "duplicated", "runs"]
-print(json.dumps(dict(zip(keys, map(int, row)))))
-"""  # noqa: S608
-    result: dict[str, int] = app_python(ops1, code)
+    result: dict[str, int] = pg_json(
+        "select json_build_object('rows', count(*),"  # noqa: S608 (probe_prefix: checked)
+        " 'completed', count(*) filter (where completions = 1),"
+        " 'unfinished', count(*) filter (where completions = 0),"
+        " 'duplicated', count(*) filter (where completions > 1),"
+        " 'runs', coalesce(sum(runs), 0))"
+        f" from task_probes where token like '{probe_prefix(prefix)}-%'"
+    )
     return result
 
 
 def probes(ops1: Any, prefix: str) -> list[dict[str, Any]]:
-    code = f"""
-import json
-from sqlalchemy import text
-from app.db import session_scope
-with session_scope() as s:
-    rows = s.execute(text("select token, queue, runs, completions, worker, workers from task_probes"
-                          " where token like :p order by token"), {{"p": "{prefix}-%"}}).all()
-print(json.dumps([dict(r._mapping) for r in rows]))
-"""  # noqa: S608
-    result: list[dict[str, Any]] = app_python(ops1, code)
+    result: list[dict[str, Any]] = pg_json(
+        "select coalesce(json_agg(json_build_object('token', token, 'queue', queue, 'runs', runs,"  # noqa: S608
+        " 'completions', completions, 'worker', worker, 'workers', workers) order by token),"
+        f" '[]') from task_probes where token like '{probe_prefix(prefix)}-%'"
+    )
     return result
 
 
@@ -203,24 +215,26 @@ print(json.dumps(sum("{prefix}-" in args for _, args in HELD)))
 
 def missing_probes(ops1: Any, prefix: str, n: int) -> dict[str, Any]:
     """Of probes `prefix-0..n-1`, the ones not completed, and where the broker still holds them."""
+    done = set(
+        pg_json(
+            "select coalesce(json_agg(token), '[]') from task_probes"  # noqa: S608
+            f" where token like '{probe_prefix(prefix)}-%' and completions >= 1"
+        )
+    )
+    missing = sorted({f"{prefix}-{i}" for i in range(n)} - done)
+    # Where the broker holds the first 20 (the report's sample).
     code = f"""
 import re
-from sqlalchemy import text
-from app.db import session_scope
-with session_scope() as s:
-    done = set(s.scalars(text("select token from task_probes where token like :p"
-                              " and completions >= 1"), {{"p": "{prefix}-%"}}))
-missing = sorted(set("{prefix}-" + str(i) for i in range({n})) - done)
+shown = set({missing[:20]!r})
 where = {{}}
 for place, args in HELD:
     token = re.search(r"'({prefix}-[0-9]+)'", args)
-    if token and token[1] not in done:
+    if token and token[1] in shown:
         where[token[1]] = place
-print(json.dumps({{"missing": len(missing), "where": {{t: where.get(t, "nowhere")
-                                                    for t in missing[:20]}}}}))
-"""  # noqa: S608
-    result: dict[str, Any] = app_python(ops1, HELD + code, timeout=300)
-    return result
+print(json.dumps({{t: where.get(t, "nowhere") for t in sorted(shown)}}))
+"""
+    where: dict[str, str] = app_python(ops1, HELD + code, timeout=300)
+    return {"missing": len(missing), "where": where}
 
 
 def instance_states(host: Any) -> list[str]:

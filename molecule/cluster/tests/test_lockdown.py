@@ -182,6 +182,22 @@ def test_the_migrations_password_is_on_no_host(secrets: dict[str, str]) -> None:
         assert found.stdout.strip() == "", f"the migrations' password on {name}: {found.stdout}"
 
 
+def test_hosts_that_run_no_task_hold_no_task_secret(secrets: dict[str, str]) -> None:
+    """ops1 (beat, Flower, the exporter, the API) runs no task: its app.env has the database's
+    address without the tasks' password, and no SMTP password or SMS token line; no file of ops1
+    holds that password. worker1 has all three (what the check looks for is there to find)."""
+    value = shlex.quote(secrets["postgresql_app_password"])
+    keys = ("APP_DATABASE_URL", "APP_SMTP_PASSWORD", "APP_SMS_GATEWAY_TOKEN")
+    for name, runs_tasks in (("worker1", True), ("ops1", False)):
+        h = other_host(name)
+        env = h.check_output("cat /etc/celery/app.env")
+        present = {k for k in keys if f"\n{k}=" in f"\n{env}"}
+        assert "APP_DATABASE_URL" in present, (name, present)
+        assert (present == set(keys)) == runs_tasks, (name, present)
+        found = h.run(f"grep -rlF -e {value} {LEAK_DIRS} 2>/dev/null").stdout.split()
+        assert bool(found) == runs_tasks, f"the tasks' database password on {name}: {found}"
+
+
 def test_no_secret_in_the_ansible_output(secrets: dict[str, str]) -> None:
     log = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
     text = log.read_text(errors="replace")
