@@ -239,8 +239,19 @@ def test_queue_length_and_oldest_message_age(stack: Stack) -> None:
 
 
 def test_beat_records_each_send(stack: Stack) -> None:
-    """Beat for real (every entry every second here): its sends land in the broker's hash and
-    the exporter shows them, with the periods of the real schedule (the exporter's own)."""
+    """Beat for real (every entry every second here), logged in as the redis role's `beat` user
+    (its rules, from roles/redis/defaults/main.yml, applied to this Redis): its sends land in the
+    queues and the broker's hash, with no command refused, and the exporter shows them, with the
+    periods of the real schedule (the exporter's own). The same login is refused the rest."""
+    import secrets
+
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())["redis_beat_acl"]
+    broker = stack.broker()
+    password = secrets.token_hex(16)
+    broker.execute_command("ACL", "SETUSER", "beat", "reset", "on", f">{password}", *rules)
+    broker.execute_command("ACL", "LOG", "RESET")
     started = time.time()
     beat = subprocess.Popen(
         [
@@ -255,15 +266,40 @@ def test_beat_records_each_send(stack: Stack) -> None:
         ],
         stdout=subprocess.DEVNULL,
         stderr=(WORK / "exporter-beat.log").open("ab"),
-        env={**stack.env, "APP_BEAT_INTERVAL_OVERRIDE": "1"},
+        env={
+            **stack.env,
+            "APP_BEAT_INTERVAL_OVERRIDE": "1",
+            "APP_REDIS_USERNAME": "beat",
+            "APP_REDIS_PASSWORD": password,
+        },
         cwd=ROOT,
     )
-    broker = stack.broker()
     try:
         wait_for(lambda: broker.hexists(BEAT_LAST_SENT_KEY, "check-system-health"), 30, "a send")
+        # Two ticks later, every entry has been sent through the same login.
+        schedule = celery_app.conf.beat_schedule
+        wait_for(lambda: broker.hlen(BEAT_LAST_SENT_KEY) >= len(schedule), 30, "every entry")
     finally:
         beat.terminate()
         beat.wait(30)
+    refused = [e for e in broker.acl_log() if e.get("username") == "beat"]
+    assert refused == [], refused
+    as_beat = redis.Redis(
+        host="127.0.0.1", port=stack.redis.port, username="beat", password=password
+    )
+    for command in (
+        ("PUBLISH", "/0.celery.pidbox", "x"),
+        ("RPOP", "maintenance"),
+        ("DEL", "default"),
+        ("SCAN", "0"),
+        ("GET", "celery-task-meta-x"),
+        ("HSET", "health:incident", "x", "1"),
+        ("HGETALL", "unacked"),
+        ("FLUSHDB",),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            as_beat.execute_command(*command)
+    broker.execute_command("ACL", "DELUSER", "beat")
     recorded = float(broker.hget(BEAT_LAST_SENT_KEY, "check-system-health"))  # type: ignore[arg-type]
     assert started <= recorded <= time.time()
     entry = {"entry": "check-system-health", "task": "maintenance.check_system_health"}

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import app_python, other_host
+from reliability import broker_admin
 
 testinfra_hosts = ["outsider1"]
 
@@ -196,6 +197,28 @@ def test_hosts_that_run_no_task_hold_no_task_secret(secrets: dict[str, str]) -> 
         assert (present == set(keys)) == runs_tasks, (name, present)
         found = h.run(f"grep -rlF -e {value} {LEAK_DIRS} 2>/dev/null").stdout.split()
         assert bool(found) == runs_tasks, f"the tasks' database password on {name}: {found}"
+
+
+def test_beat_logs_in_to_redis_as_its_own_user() -> None:
+    """Beat's broker connections (found by its main PID's sockets on ops1) are the `beat` ACL
+    user's, which may not broadcast to the workers, pop, delete or read results."""
+    ops1 = other_host("ops1")
+    pid = ops1.check_output("systemctl show -P MainPID celery-beat.service")
+    sockets = ops1.check_output("ss -tnpH state established '( dport = :6380 )'").splitlines()
+    ports = {line.split()[2].rsplit(":", 1)[1] for line in sockets if f"pid={pid}," in line}
+    assert ports, f"beat (pid {pid}) holds no broker connection: {sockets}"
+    clients = broker_admin("CLIENT LIST").splitlines()
+    users = {
+        part.split("=", 1)[1]
+        for line in clients
+        if any(f"addr={address('ops1')}:{port} " in line for port in ports)
+        for part in line.split()
+        if part.startswith("user=")
+    }
+    assert users == {"beat"}, (users, ports)
+    rules = broker_admin("ACL GETUSER beat")
+    assert "pidbox" not in rules and "+brpop" not in rules and "+del" not in rules, rules
+    assert "celery-task-meta" not in rules, rules
 
 
 def test_no_secret_in_the_ansible_output(secrets: dict[str, str]) -> None:
