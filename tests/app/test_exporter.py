@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 from conftest import ENV, ROOT, WORK, worker_argv
 from prometheus_client.parser import text_string_to_metric_families
 from services import RedisServer, certificates, free_port, wait_for
@@ -54,7 +56,10 @@ class Stack:
 
     def __init__(self) -> None:
         self.redis = RedisServer(WORK / f"exporter-redis-{uuid.uuid4().hex[:6]}")
-        self.redis.start()
+        # The exporter logs in as the redis role's `celery_exporter` user (its rules applied to
+        # this Redis); the worker, beat and the tests' own sends as the server's default user.
+        self.exporter_password = secrets.token_hex(16)
+        self.start_redis()
         self.port = free_port()
         self.notify = NotifySocket(WORK / "notify-exporter.sock")
         self.env = {
@@ -73,11 +78,35 @@ class Stack:
             [sys.executable, "-m", "app.exporter"],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
-            env={**self.env, "NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": "2000000"},
+            env={
+                **self.env,
+                "APP_REDIS_USERNAME": "celery_exporter",
+                "APP_REDIS_PASSWORD": self.exporter_password,
+                "NOTIFY_SOCKET": str(self.notify.path),
+                "WATCHDOG_USEC": "2000000",
+            },
             cwd=ROOT,
             start_new_session=True,
         )
         self.worker: subprocess.Popen[bytes] | None = None
+
+    def start_redis(self) -> None:
+        """Redis (again: the same port and password) with the exporter's ACL user."""
+        self.redis.start()
+        rules = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())
+        self.broker().execute_command(
+            "ACL",
+            "SETUSER",
+            "celery_exporter",
+            "reset",
+            "on",
+            f">{self.exporter_password}",
+            *rules["redis_celery_exporter_acl"],
+        )
+
+    def refused(self, user: str) -> list[dict[str, Any]]:
+        """The commands Redis refused to `user` (ACL LOG)."""
+        return [e for e in self.broker().acl_log() if e.get("username") == user]
 
     def start_worker(self) -> None:
         argv = worker_argv("exporter", 1, "--without-mingle")
@@ -243,10 +272,6 @@ def test_beat_records_each_send(stack: Stack) -> None:
     (its rules, from roles/redis/defaults/main.yml, applied to this Redis): its sends land in the
     queues and the broker's hash, with no command refused, and the exporter shows them, with the
     periods of the real schedule (the exporter's own). The same login is refused the rest."""
-    import secrets
-
-    import yaml
-
     rules = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())["redis_beat_acl"]
     broker = stack.broker()
     password = secrets.token_hex(16)
@@ -336,6 +361,33 @@ def test_consumers_while_the_worker_runs_and_after_it_stops(stack: Stack) -> Non
     assert stack.value("celery_active_consumer_count", queue_name="default") == 0
 
 
+def test_the_exporters_redis_login_is_enough_and_no_more(stack: Stack) -> None:
+    """Every test above ran with the exporter logged in as the redis role's `celery_exporter`
+    user: nothing it did was refused. The same login cannot queue, take or delete a task,
+    read a result or another hash, scan, or flush."""
+    assert stack.refused("celery_exporter") == []
+    login = redis.Redis(
+        host="127.0.0.1",
+        port=stack.redis.port,
+        username="celery_exporter",
+        password=stack.exporter_password,
+    )
+    for command in (
+        ("LPUSH", "pricing", "x"),
+        ("BRPOP", "pricing", "1"),
+        ("RPOP", "default"),
+        ("DEL", "default"),
+        ("GET", "celery-task-meta-x"),
+        ("HGETALL", "unacked"),
+        ("SET", "health:incident", "x"),
+        ("PUBLISH", "/0.celeryev/task.sent", "{}"),
+        ("SCAN", "0"),
+        ("FLUSHDB",),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            login.execute_command(*command)
+
+
 def test_broker_down_reported_then_reconnected(stack: Stack) -> None:
     stack.redis.stop()
     wait_for(lambda: get(stack.url("/healthz"))[0] == 503, 15, "healthz 503")
@@ -347,7 +399,7 @@ def test_broker_down_reported_then_reconnected(stack: Stack) -> None:
     stack.wait_value("celery_exporter_events_connected", 0)
     assert stack.value("celery_queue_length", queue_name="default") is None  # unknown, not 0
     assert stack.exporter.poll() is None  # never exits
-    stack.redis.start()  # the same port and password
+    stack.start_redis()  # the same port and password
     wait_for(lambda: get(stack.url("/healthz"))[0] == 200, 30, "healthz 200 again")
     assert stack.value("celery_exporter_broker_up") == 1
 

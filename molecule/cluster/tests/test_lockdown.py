@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import app_python, other_host
-from reliability import broker_admin
+from reliability import BROKER_PORT, RESULTS_PORT, broker_admin
 
 testinfra_hosts = ["outsider1"]
 
@@ -199,14 +199,28 @@ def test_hosts_that_run_no_task_hold_no_task_secret(secrets: dict[str, str]) -> 
         assert bool(found) == runs_tasks, f"the tasks' database password on {name}: {found}"
 
 
-def test_beat_logs_in_to_redis_as_its_own_user() -> None:
-    """Beat's broker connections (found by its main PID's sockets on ops1) are the `beat` ACL
-    user's, which may not broadcast to the workers, pop, delete or read results."""
+# Per service on ops1: its unit, its Redis user, a command the user may run, and commands it may
+# not (ACL DRYRUN: Redis's own verdict, nothing runs). None may pop, delete or flush.
+REFUSED_TO_ALL = ["BRPOP pricing 1", "DEL default", "HGETALL unacked:pricing", "FLUSHDB"]
+OWN_LOGINS = [
+    ("celery-beat.service", "beat", "LPUSH default x", ["GET celery-task-meta-x"]),
+    ("celery-exporter.service", "celery_exporter", "LLEN default", ["LPUSH default x"]),
+    ("flower.service", "flower", "GET celery-task-meta-x", ["LPUSH default x"]),
+]
+SERVICE_USERS = ["beat", "celery_exporter", "flower", "producer"]
+
+
+@pytest.mark.parametrize(("unit", "user", "allowed", "refused"), OWN_LOGINS)
+def test_a_service_logs_in_to_redis_as_its_own_user(
+    unit: str, user: str, allowed: str, refused: list[str]
+) -> None:
+    """The service's broker connections (found by its main PID's sockets on ops1) are its own
+    ACL user's, which may not pop, delete or read results (roles/redis/README.md)."""
     ops1 = other_host("ops1")
-    pid = ops1.check_output("systemctl show -P MainPID celery-beat.service")
+    pid = ops1.check_output(f"systemctl show -P MainPID {unit}")
     sockets = ops1.check_output("ss -tnpH state established '( dport = :6380 )'").splitlines()
     ports = {line.split()[2].rsplit(":", 1)[1] for line in sockets if f"pid={pid}," in line}
-    assert ports, f"beat (pid {pid}) holds no broker connection: {sockets}"
+    assert ports, f"{unit} (pid {pid}) holds no broker connection: {sockets}"
     clients = broker_admin("CLIENT LIST").splitlines()
     users = {
         part.split("=", 1)[1]
@@ -215,10 +229,21 @@ def test_beat_logs_in_to_redis_as_its_own_user() -> None:
         for part in line.split()
         if part.startswith("user=")
     }
-    assert users == {"beat"}, (users, ports)
-    rules = broker_admin("ACL GETUSER beat")
-    assert "pidbox" not in rules and "+brpop" not in rules and "+del" not in rules, rules
-    assert "celery-task-meta" not in rules, rules
+    assert users == {user}, (users, ports)
+    assert broker_admin(f"ACL DRYRUN {user} {allowed}") == "OK"
+    for command in [*refused, *REFUSED_TO_ALL]:
+        verdict = broker_admin(f"ACL DRYRUN {user} {command}", check=False)
+        assert "no permissions" in verdict, (user, command, verdict)
+
+
+@pytest.mark.parametrize("port", [BROKER_PORT, RESULTS_PORT], ids=["broker", "results"])
+def test_no_command_of_a_service_was_refused(port: int) -> None:
+    """After the end-to-end, API and browser tests (run before this module): Redis refused no
+    command of beat, the exporter, Flower or the API (ACL LOG since Redis started), so each
+    service's rules are enough for what it did."""
+    log = broker_admin("ACL LOG 100", port=port)
+    refused = [user for user in SERVICE_USERS if f"\n{user}\n" in f"\n{log}\n"]
+    assert not refused, log[-3000:]
 
 
 def test_no_secret_in_the_ansible_output(secrets: dict[str, str]) -> None:
