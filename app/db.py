@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+import psycopg
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
@@ -70,8 +72,28 @@ def _create_engine() -> None:
                 "keepalives_count": 3,
             },
         )
+        previous = get_settings().database_password_previous
+        if previous:
+            event.listen(_engine, "do_connect", _with_previous_password(previous))
         _sessions = sessionmaker(_engine, expire_on_commit=False)
         _engine_pid = os.getpid()
+
+
+def _with_previous_password(previous: str) -> Callable[..., Any]:
+    """A do_connect hook: connect with the URL's password, and when PostgreSQL refuses it, with
+    the password before the rotation (APP_DATABASE_PASSWORD_PREVIOUS). During a rotation the
+    workers get the new password first and the database later (docs/RUNBOOK.md): no connection
+    fails in between. Any other error is raised as it is."""
+
+    def connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" not in str(exc):
+                raise
+        return dialect.connect(*cargs, **{**cparams, "password": previous})
+
+    return connect
 
 
 @contextmanager

@@ -99,6 +99,9 @@ class Settings:
     api_tls_key: str = ""
     api_clients_file: str = "/etc/celery/api-clients.json"
     api_max_body_bytes: int = 1_048_576
+    # The database password before a rotation, tried when the URL's is refused (app.db): a
+    # worker rolled out with the new password keeps connecting until PostgreSQL has it.
+    database_password_previous: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -161,6 +164,7 @@ class Settings:
             api_tls_key=_str("APP_API_TLS_KEY", ""),
             api_clients_file=_str("APP_API_CLIENTS_FILE", "/etc/celery/api-clients.json"),
             api_max_body_bytes=_int("APP_API_MAX_BODY_BYTES", 1_048_576, minimum=1024),
+            database_password_previous=os.environ.get("APP_DATABASE_PASSWORD_PREVIOUS", ""),
         )
         s.check()
         return s.with_redis_login(

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -367,6 +369,88 @@ def test_site_yml_with_a_changed_app_env_keeps_every_queue_consumed(cluster_rest
     mark = json.dumps({"celery_app_env_extra": {"APP_ROLL_MARK": str(int(time.time()))}})
     roll_under_load(cluster_restored, "site.yml", "--tags", "app,workers", "-e", mark)
     roll_under_load(cluster_restored, "site.yml", "--tags", "app,workers")
+
+
+# Tried on worker1 after a rotation, with the host's own settings: which passwords the servers
+# accept for the workers' logins (Redis user `celery`, PostgreSQL role `app`).
+ACCEPTED = """
+import json, redis, sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from app.settings import get_settings
+s = get_settings()
+out = {}
+for name, password in %(redis)r:
+    url = s.with_redis_login("celery", password).broker_url
+    try:
+        out["redis " + name] = redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:
+        out["redis " + name] = type(exc).__name__
+for name, password in %(pg)r:
+    url = make_url(s.database_url).set(password=password)
+    try:
+        sa.create_engine(url, poolclass=sa.pool.NullPool).connect().close()
+        out["pg " + name] = True
+    except sa.exc.OperationalError as exc:
+        out["pg " + name] = "refused" if "password authentication" in str(exc) else str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(1800)
+def test_secret_rotation_under_load(cluster_restored: Any, tmp_path: Any) -> None:
+    """The workers' Redis password and the database password rotated with overlap, as
+    docs/RUNBOOK.md says, three site.yml runs while probes stream to every queue: each run 0
+    lost, every queue consumed in every sample; at the end the servers take only the new
+    passwords. The lab's secret files hold the new ones afterwards (the lab stays consistent)."""
+    ops1 = cluster_restored
+    secrets_dir = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".lab/secrets")
+    redis_file, pg_file = (
+        secrets_dir / "redis_celery_password",
+        secrets_dir / "postgresql_app_password",
+    )
+    old = {"redis": redis_file.read_text().split()[0], "pg": pg_file.read_text().split()[0]}
+    new = {"redis": secrets.token_hex(16), "pg": secrets.token_hex(16)}
+
+    def extra_vars(name: str, values: dict[str, Any]) -> str:
+        path = tmp_path / f"{name}.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(values))
+        return f"@{path}"
+
+    # The new passwords are the inventory's from now on (the lab's lookups read these files).
+    redis_file.write_text(new["redis"])
+    pg_file.write_text(new["pg"])
+    # 1. Redis takes both of the workers' passwords; PostgreSQL keeps the old one; every app.env
+    #    gets the new ones and the database's old one as the previous; workers roll.
+    first = {
+        "redis_acl_previous_passwords": {"celery": old["redis"]},
+        "postgresql_app_password": old["pg"],
+        "celery_app_postgresql_password": new["pg"],
+        "celery_app_postgresql_password_previous": old["pg"],
+    }
+    roll_under_load(ops1, "site.yml", "--tags", "data,app,workers", "-e", extra_vars("1", first))
+    # 2. The servers switch: Redis forgets the old password, PostgreSQL takes the new one.
+    second = {"celery_app_postgresql_password_previous": old["pg"]}
+    roll_under_load(ops1, "site.yml", "--tags", "data", "-e", extra_vars("2", second))
+    # 3. The previous database password leaves app.env; workers roll.
+    roll_under_load(ops1, "site.yml", "--tags", "app,workers")
+    found = app_python(
+        other_host("worker1"),
+        ACCEPTED
+        % {
+            "redis": [("old", old["redis"]), ("new", new["redis"])],
+            "pg": [("old", old["pg"]), ("new", new["pg"])],
+        },
+    )
+    print(f"RELIABILITY secret rotation: {found}")
+    assert found == {
+        "redis old": "AuthenticationError",
+        "redis new": True,
+        "pg old": "refused",
+        "pg new": True,
+    }, found
+    env = other_host("worker1").check_output("cat /etc/celery/app.env")
+    assert "APP_DATABASE_PASSWORD_PREVIOUS" not in env
 
 
 @pytest.mark.skipif(
