@@ -326,9 +326,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         stamp = {"id": args.result_id} if args.result_id else {}
         try:
             url = _migration_login(sys.stdin.read()) if args.login_stdin else None
-            before = migrate.current(url, args.owner)
-            migrate.upgrade(args.revision, url=url, owner=args.owner)
-            result: dict[str, Any] = {"before": before, "after": migrate.current(url, args.owner)}
+            before, after = migrate.upgrade(args.revision, url=url, owner=args.owner)
+            result: dict[str, Any] = {"before": before, "after": after}
         except Exception as exc:
             if args.result_file:  # the deployment reads it: its own output is hidden (no_log)
                 error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -44,18 +44,18 @@ def _connect(url: URL | None, owner: str | None) -> Iterator[Connection]:
             engine.dispose()
 
 
-def upgrade(revision: str = "head", url: URL | None = None, owner: str | None = None) -> None:
-    """Upgrade to `revision`, logged in with `url` (else the app's URL), as `owner`."""
+def upgrade(
+    revision: str = "head", url: URL | None = None, owner: str | None = None
+) -> tuple[str | None, str | None]:
+    """Upgrade to `revision`, logged in with `url` (else the app's URL), as `owner`; the revisions
+    before and after, read on the same connection (one login, one TLS handshake)."""
+    from alembic.runtime.migration import MigrationContext
+
     with _connect(url, owner) as conn:
         # The role's bounds are for the tasks. A migration may rewrite a large table, and hosts
         # migrating at once queue on an advisory lock (env.py) for as long as the first one takes.
         conn.execute(text("SET statement_timeout = 0"))
         conn.execute(text("SET lock_timeout = 0"))
+        before = MigrationContext.configure(conn).get_current_revision()
         command.upgrade(config(conn), revision)
-
-
-def current(url: URL | None = None, owner: str | None = None) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with _connect(url, owner) as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return before, MigrationContext.configure(conn).get_current_revision()
