@@ -44,6 +44,16 @@ def other_host(name: str) -> Any:
     )
 
 
+def address_of(host: Any) -> str:
+    """A lab host's cluster address: its first, the one Ansible reaches and services bind to."""
+    return str(host.check_output("hostname -I").split()[0])
+
+
+def address(name: str) -> str:
+    """The cluster address of the inventory's host `name`."""
+    return address_of(other_host(name))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def figures_summary(request: Any) -> Any:
     """Every RELIABILITY line of the session, together at its end, also when output is captured."""

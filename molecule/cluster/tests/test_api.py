@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import other_host
+from conftest import address, address_of, other_host
 from reliability import all_nodes, broker_admin, results_admin, wait_answering
 
 testinfra_hosts = ["ops1"]
@@ -42,8 +42,7 @@ def token(client: str) -> str:
 def base() -> str:
     ops1 = other_host("ops1")
     ops1.check_output("taskctl db seed")  # the materials the specifications name (idempotent)
-    address = ops1.check_output("hostname -I").split()[0]
-    return f"https://{address}:{PORT}"
+    return f"https://{address_of(ops1)}:{PORT}"
 
 
 def call(
@@ -91,7 +90,7 @@ def spec(i: int) -> dict[str, Any]:
 def test_healthz_from_a_cluster_host_over_verified_tls() -> None:
     """worker1 reaches it by the name in its certificate chain (the cluster CA); no token needed."""
     worker1 = other_host("worker1")
-    address = other_host("ops1").check_output("hostname -I").split()[0]
+    address = address_of(other_host("ops1"))
     code = (
         "import json, ssl, urllib.request; "
         "ctx = ssl.create_default_context(cafile='/etc/celery/ca.pem'); "
@@ -265,7 +264,7 @@ def test_the_api_logs_in_to_redis_as_its_own_producer_user(base: str) -> None:
     refuse what only workers and operators may do (roles/redis/README.md)."""
     status, body, _ = call(base, "POST", "/v1/jobs", JOB)
     assert status == 202, body
-    ops1 = other_host("ops1").check_output("hostname -I").split()[0]
+    ops1 = address("ops1")
     clients = [line for line in broker_admin("CLIENT LIST").splitlines() if f"addr={ops1}:" in line]
     users = {
         part.split("=", 1)[1]

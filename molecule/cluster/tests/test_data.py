@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conftest import app_python, other_host
+from conftest import address_of, app_python, other_host
 from reliability import all_nodes
 
 testinfra_hosts = ["data1"]
 
 
 def test_data_ports_on_the_cluster_address(host: Any) -> None:
-    address = host.check_output("hostname -I").split()[0]
+    address = address_of(host)
     for port in (6380, 6382, 5432):
         assert host.socket(f"tcp://{address}:{port}").is_listening, port
         assert host.socket(f"tcp://127.0.0.1:{port}").is_listening, port

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import QUEUES, app_python, other_host
+from conftest import QUEUES, address_of, app_python, other_host
 from monitoring import mail_subjects, wait_until
 from reliability import WORKERS, broker_admin
 
@@ -183,7 +183,7 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code)
 """
-    address = host.check_output("hostname -I").split()[0]
+    address = address_of(host)
     args = f"{address} {shlex.quote(auth)}" if auth else address
     out = (client or host).check_output(f"python3 -c {shlex.quote(code)} {args}")
     status, _, body = out.partition("\n")
@@ -194,10 +194,6 @@ def flower_login(host: Any) -> str:
     env = host.file("/etc/celery/flower.env").content_string
     basic = next(x for x in env.splitlines() if x.startswith("FLOWER_BASIC_AUTH="))
     return basic.split("=", 1)[1].strip('"').split(",")[0]  # the first of the logins
-
-
-def address_of(host: Any) -> str:
-    return str(host.check_output("hostname -I").split()[0])
 
 
 def test_flower_requires_its_login(host: Any) -> None:

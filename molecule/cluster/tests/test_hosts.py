@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import QUEUES
+from conftest import QUEUES, address_of
 
 testinfra_hosts = ["celery_app"]
 
@@ -161,7 +161,7 @@ def test_each_process_writes_its_log_file(host: Any, hostvars: dict[str, Any]) -
 
 
 def test_ports(host: Any, hostvars: dict[str, Any]) -> None:
-    address = host.check_output("hostname -I").split()[0]
+    address = address_of(host)
     if "flower" in hostvars["group_names"]:
         assert host.socket(f"tcp://{address}:5555").is_listening
         assert not host.socket("tcp://0.0.0.0:5555").is_listening

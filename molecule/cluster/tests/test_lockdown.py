@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import app_python, other_host
+from conftest import address, app_python, other_host
 from reliability import BROKER_PORT, RESULTS_PORT, broker_admin
 
 testinfra_hosts = ["outsider1"]
@@ -38,10 +38,6 @@ LEAK_DIRS = (
     "/etc /opt/celery /var/lib/celery /var/log/celery /var/lib/redis /var/log/redis "
     "/var/lib/postgresql /var/log/postgresql /run /tmp /var/tmp /root /home /usr/local"
 )
-
-
-def address(name: str) -> str:
-    return str(other_host(name).check_output("hostname -I").split()[0])
 
 
 def connects(client: Any, addr: str, port: int) -> bool:

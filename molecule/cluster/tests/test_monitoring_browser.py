@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from browser import ARTIFACTS, chromium, document_status, pinned_to
-from conftest import other_host
+from conftest import address, other_host
 from monitoring import api, firing, prom, wait_until
 from selenium import webdriver
 
@@ -37,7 +37,7 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 @pytest.fixture(scope="module")
 def ops1_address() -> str:
-    return str(other_host("ops1").check_output("hostname -I").split()[0])
+    return address("ops1")
 
 
 def log_in(browser: webdriver.Chrome, secret: str) -> None:
