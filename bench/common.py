@@ -183,7 +183,8 @@ def emit(record: dict[str, Any]) -> None:
 
 # --- the deployed fleet: load from ops1, an SMTP sink on each worker host -------------------------
 
-APP_ENV = "set -a; . /etc/celery/app.env; set +a; cd /root;"
+# The app settings and taskctl's Redis login (ops1 runs no task: app.env has no Redis login).
+APP_ENV = "set -a; . /etc/celery/app.env; . /etc/celery/taskctl.env; set +a; cd /root;"
 PY = "/opt/celery/current/bin/python"
 INSTANCES = ("pricing", "notifications", "batch")  # inventories/lab/group_vars/celery_workers.yml
 

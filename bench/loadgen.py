@@ -1,6 +1,7 @@
 """The load generator, run on the lab's ops1 by the bench commands (never on the controller).
 
-    set -a; . /etc/celery/app.env; set +a; /opt/celery/current/bin/python loadgen.py MODE ...
+    set -a; . /etc/celery/app.env; . /etc/celery/taskctl.env; set +a
+    /opt/celery/current/bin/python loadgen.py MODE ...
 
 Modes (one JSON object on stdout):
   burst --kind noop|probe|mix --count N   send N tasks at once, wait for their ends: tasks/s

@@ -16,11 +16,14 @@ from app import queues as app_queues
 # The app's queue contract, from the checkout (installed in the controller's virtualenv).
 QUEUES = list(app_queues.QUEUES)
 
-# Runs a command the way the services run: as celery, settings read by systemd from app.env.
+# Runs a command the way taskctl runs: as celery, settings read by systemd from app.env and the
+# Redis login from taskctl.env (root 0600).
 AS_CELERY = (
     "systemd-run --quiet --wait --pipe --collect --service-type=exec "
     "--property=User=celery --property=Group=celery "
-    "--property=EnvironmentFile=/etc/celery/app.env --property=WorkingDirectory=/var/lib/celery "
+    "--property=EnvironmentFile=/etc/celery/app.env "
+    "--property=EnvironmentFile=/etc/celery/taskctl.env "
+    "--property=WorkingDirectory=/var/lib/celery "
 )
 
 

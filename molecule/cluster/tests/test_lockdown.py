@@ -182,7 +182,17 @@ def test_the_migrations_password_is_on_no_host(secrets: dict[str, str]) -> None:
 def test_hosts_that_run_no_task_hold_no_task_secret(secrets: dict[str, str]) -> None:
     """ops1 (beat, Flower, the exporter, the API) runs no task: its app.env has the database's
     address without the tasks' password, and no SMTP password or SMS token line; no file of ops1
-    holds that password. worker1 has all three (what the check looks for is there to find)."""
+    holds that password. worker1 has all three (what the check looks for is there to find). The
+    workers' Redis password is on ops1 only in taskctl's root-only login, which no service reads."""
+    redis = shlex.quote(secrets["redis_celery_password"])
+    ops1 = other_host("ops1")
+    holders = ops1.run(f"grep -rlF -e {redis} {LEAK_DIRS} 2>/dev/null").stdout.split()
+    assert holders == ["/etc/celery/taskctl.env"], holders
+    login = ops1.file("/etc/celery/taskctl.env")
+    assert (login.user, login.group, login.mode) == ("root", "root", 0o600)
+    for unit in ("celery-beat", "flower", "celery-exporter", "celery-api"):
+        files = ops1.check_output(f"systemctl show -P EnvironmentFiles {unit}")
+        assert "taskctl.env" not in files, (unit, files)
     value = shlex.quote(secrets["postgresql_app_password"])
     keys = ("APP_DATABASE_URL", "APP_SMTP_PASSWORD", "APP_SMS_GATEWAY_TOKEN")
     for name, runs_tasks in (("worker1", True), ("ops1", False)):
