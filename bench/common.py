@@ -192,7 +192,7 @@ INSTANCES = ("pricing", "notifications", "batch")  # inventories/lab/group_vars/
 def prepare(name: str, smtp_delay: float = 0.1) -> None:
     """loadgen.py on ops1, demo data seeded, an SMTP sink (127.0.0.1:25) on every worker host."""
     put(name, "ops1", BENCH / "loadgen.py", "/root/loadgen.py")
-    ssh(name, "ops1", "/usr/local/sbin/taskctl db seed >/dev/null")
+    ssh(name, "worker1", "/usr/local/sbin/taskctl db seed >/dev/null")  # a host with the DB login
     for host in workers(name):
         put(name, host, BENCH / "smtp_sink.py", "/root/smtp_sink.py")
         ssh(
