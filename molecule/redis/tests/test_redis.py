@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +343,30 @@ def test_back_after_reboot_with_data(
         }
     assert celery.llen("molecule-queue") == 100
     celery.delete("molecule-queue")
+
+
+def test_transactions_survive_a_crash(
+    host: Any, hostvars: dict[str, Any], cluster_address: str
+) -> None:
+    """A MULTI/EXEC write (kombu's acks, restores and unacked bookkeeping) is in the data after
+    Redis is SIGKILLed and starts again from its AOF (appendfsync always). Redis 7.0 replays the
+    AOF as the `default` user and drops the transactions that user may not run (redis#14541):
+    the role keeps `default` off, passwordless and able to run them."""
+    r = admin(hostvars, cluster_address)
+    key = f"molecule-tx-{uuid.uuid4().hex[:8]}"
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set(key, "in-a-transaction").lpush(f"{key}-list", "message").execute()
+    r.set(f"{key}-plain", "outside")
+    host.check_output("systemctl kill --signal=SIGKILL redis-server.service")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if admin(hostvars, cluster_address).ping():
+                break
+        except redis.exceptions.ConnectionError:
+            time.sleep(1)
+    after = admin(hostvars, cluster_address)
+    assert after.get(f"{key}-plain") == b"outside"  # the restart did replay the AOF
+    assert after.get(key) == b"in-a-transaction"
+    assert after.lrange(f"{key}-list", 0, -1) == [b"message"]
+    after.delete(key, f"{key}-list", f"{key}-plain")
