@@ -319,6 +319,7 @@ def test_redis_sigkill_with_1000_in_flight(healed: Any) -> None:
             other_host(name).check_output("systemctl start celery-workers.target")
     data1 = other_host("data1")
     pid = main_pid(data1, "redis-server")
+    log_lines = int(data1.check_output("wc -l < /var/log/redis/redis-server.log"))
     deadline = time.monotonic() + 120
     while counts(ops1, prefix)["rows"] < 100 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -337,6 +338,12 @@ def test_redis_sigkill_with_1000_in_flight(healed: Any) -> None:
     )
     assert in_flight >= 1000, in_flight
     assert c["duplicated"] == 0, c
+    # The restart replayed every transaction of the AOF (kombu's acks, restores and unacked
+    # records): Redis 7.0 drops those its `default` user may not run, and logs it (redis role).
+    dropped = data1.run(
+        f"tail -n +{log_lines + 1} /var/log/redis/redis-server.log | grep -c AOF-loading-client"
+    ).stdout.strip()
+    assert dropped == "0", f"{dropped} transactions of the AOF dropped at the restart"
     # The known window (docs/RELIABILITY.md, "Redis killed"): at most the messages whose BRPOP
     # reply died with Redis, one per consumer connection (6 instances), plus the tasks Celery
     # terminates on the lost connection (24 pool slots). More is a regression.
