@@ -41,6 +41,10 @@ def base_inventory() -> dict[str, Any]:
                 "prometheus_web_password": "preflight-prometheus",
                 "alertmanager_web_password": "preflight-alertmanager",
                 "celery_exporter_password": "preflight-celery-exporter",
+                # Each service's own Redis login (roles/redis README).
+                "celery_beat_redis_password": "preflight-redis-beat",
+                "celery_exporter_redis_password": "preflight-redis-exporter",
+                "flower_redis_password": "preflight-redis-flower",
                 "cluster_address": "10.99.0.1",
             },
             "children": {
@@ -213,6 +217,18 @@ CASES = {
     "missing postgresql secret": (
         lambda i: set_all(i, postgresql_app_password=""),
         "postgresql_app_password",
+    ),
+    "missing beat redis login": (
+        lambda i: set_all(i, celery_beat_redis_password=""),
+        "celery_beat_redis_password must be set",
+    ),
+    "missing exporter redis login": (
+        lambda i: set_all(i, celery_exporter_redis_password="short"),  # noqa: S106 (too short)
+        "celery_exporter_redis_password must be set",
+    ),
+    "missing flower redis login": (
+        lambda i: set_all(i, flower_redis_password=""),
+        "flower_redis_password must be set",
     ),
     "missing migrations secret": (
         lambda i: set_all(i, postgresql_migrator_password=""),
