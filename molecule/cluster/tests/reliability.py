@@ -26,7 +26,8 @@ FIGURES: list[str] = []
 
 
 def new_prefix(name: str) -> str:
-    return f"rel-{name}-{uuid.uuid4().hex[:8]}"
+    """A fresh token prefix: rel-NAME-HEX8, NAME reduced to lowercase letters and digits."""
+    return f"rel-{re.sub(r'[^a-z0-9]', '', name.lower())}-{uuid.uuid4().hex[:8]}"
 
 
 def send(ops1: Any, tokens: list[tuple[str, str]], **kwargs: Any) -> list[str]:

@@ -230,9 +230,11 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
     sent = [0]
     stop = threading.Event()
     holder = AS_CELERY.replace("--wait --pipe ", "--unit=test-lock-holder ")
+    # The lock is watched from worker1, which holds the tasks' database login (ops1 has none).
+    watcher = other_host("worker1")
     worker2.check_output(f"{holder} /opt/celery/current/bin/python -c {shlex.quote(HOLD_LOCK)}")
     for _ in range(30):  # until the holder has it (its Python starts in a second or two)
-        if not app_python(ops1, LOCK_FREE % 0.1)["free"]:
+        if not app_python(watcher, LOCK_FREE % 0.1)["free"]:
             break
         time.sleep(1)
     else:
@@ -254,7 +256,8 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
     time.sleep(4)
     lab("cut", "worker2")
     waiter = threading.Thread(
-        target=lambda: freed.update(app_python(ops1, LOCK_FREE % 200, timeout=240)), daemon=True
+        target=lambda: freed.update(app_python(watcher, LOCK_FREE % 200, timeout=240)),
+        daemon=True,
     )
     waiter.start()
     try:
