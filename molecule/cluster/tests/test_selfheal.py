@@ -337,7 +337,10 @@ def test_redis_sigkill_with_1000_in_flight(healed: Any) -> None:
         f"Redis back in {back:.1f} s"
     )
     assert in_flight >= 1000, in_flight
-    assert c["duplicated"] == 0, c
+    # An ack that died with Redis: the task had completed, and its message comes back from its
+    # unacked record (which the AOF now keeps) and runs again: at least once (acks_late), never
+    # lost; the app's tasks send each mail once (delivery ledgers). At most one per pool slot (24).
+    assert c["duplicated"] <= 24, c
     # The restart replayed every transaction of the AOF (kombu's acks, restores and unacked
     # records): Redis 7.0 drops those its `default` user may not run, and logs it (redis role).
     dropped = data1.run(
