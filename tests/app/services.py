@@ -18,7 +18,12 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+import yaml
 from aiosmtpd.controller import Controller
+
+REDIS_ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles/redis/defaults/main.yml"
 
 
 def free_port() -> int:
@@ -39,6 +44,26 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s (last error: {last})")
+
+
+def apply_role_acl(admin: Any, user: str, password: str) -> None:
+    """The redis role's rules for `user` (`redis_USER_acl` in its defaults) applied to a real
+    Redis with `password`, its ACL LOG emptied: a test then sees every refusal of that user."""
+    rules = yaml.safe_load(REDIS_ROLE_DEFAULTS.read_text())[f"redis_{user}_acl"]
+    admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules)
+    admin.execute_command("ACL", "LOG", "RESET")
+
+
+def acl_refusals(admin: Any, user: str) -> list[dict[str, Any]]:
+    """The commands Redis refused to `user` since the log was emptied (ACL LOG)."""
+    return [e for e in admin.acl_log() if e.get("username") == user]
+
+
+def assert_refused(client: Any, *commands: tuple[str, ...]) -> None:
+    """Each command is refused to the client's ACL user (NOPERM), none runs."""
+    for command in commands:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command(*command)
 
 
 def _binary(name: str, pattern: str) -> str:
@@ -79,8 +104,6 @@ class RedisServer:
                 *self.extra_args,
             ],
         )
-        import redis
-
         wait_for(lambda: redis.Redis(port=self.port, password=self.password).ping(), 20, "redis")
 
     def url(self, db: int) -> str:

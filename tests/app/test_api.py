@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 import redis
 from conftest import ENV, ROOT, WORK, taskctl
-from services import certificates, free_port, wait_for
+from services import (
+    acl_refusals,
+    apply_role_acl,
+    assert_refused,
+    certificates,
+    free_port,
+    wait_for,
+)
 from test_liveness import NotifySocket
 
 from app import jobs
@@ -463,14 +470,9 @@ def test_the_redis_roles_producer_acl_is_enough_and_no_more(
     scan, read the workers' unacked hashes or another key, nor broadcast to the workers."""
     import secrets
 
-    import yaml
-
-    defaults = yaml.safe_load((ROOT / "roles/redis/defaults/main.yml").read_text())
-    rules = defaults["redis_producer_acl"]
     admin = redis.Redis.from_url(ENV["APP_BROKER_URL"])
     password = secrets.token_hex(16)
-    admin.execute_command("ACL", "SETUSER", "producer", "reset", "on", f">{password}", *rules)
-    admin.execute_command("ACL", "LOG", "RESET")
+    apply_role_acl(admin, "producer", password)
     api = make_api(
         tmp_path / "api-producer",
         "producer",
@@ -486,12 +488,12 @@ def test_the_redis_roles_producer_acl_is_enough_and_no_more(
         assert status == 202, body
         done, _ = wait_job(api, body["job_id"])
         assert done["status"] == "completed", done
-        refused = [e for e in admin.acl_log() if e.get("username") == "producer"]
-        assert refused == [], refused
+        assert acl_refusals(admin, "producer") == []
         producer = redis.Redis(
             host="127.0.0.1", port=redis_server.port, username="producer", password=password
         )
-        for command in (
+        assert_refused(
+            producer,
             ("PUBLISH", "/0.celery.pidbox", "x"),
             ("RPOP", "pricing"),
             ("BRPOP", "pricing", "1"),
@@ -501,9 +503,7 @@ def test_the_redis_roles_producer_acl_is_enough_and_no_more(
             ("HGETALL", "unacked"),
             ("GET", "health:incident"),
             ("FLUSHDB",),
-        ):
-            with pytest.raises(redis.exceptions.NoPermissionError):
-                producer.execute_command(*command)
+        )
         assert producer.execute_command("PUBLISH", "/0.celeryev/task.sent", "{}") >= 0
     finally:
         api.stop()

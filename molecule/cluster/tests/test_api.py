@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import address, address_of, other_host
-from reliability import all_nodes, broker_admin, results_admin, wait_answering
+from reliability import all_nodes, results_admin, wait_answering
 
 testinfra_hosts = ["ops1"]
 
@@ -258,21 +258,3 @@ def test_broker_down_answers_503_within_5_s(base: str) -> None:
         time.sleep(1)
     assert status == 202, body
     wait_answering(other_host("ops1"), all_nodes())
-
-
-def test_the_api_logs_in_to_redis_as_its_own_producer_user(base: str) -> None:
-    """Its broker connections (ops1's address) are the `producer` ACL user's, whose rules
-    refuse what only workers and operators may do (roles/redis/README.md)."""
-    status, body, _ = call(base, "POST", "/v1/jobs", JOB)
-    assert status == 202, body
-    ops1 = address("ops1")
-    clients = [line for line in broker_admin("CLIENT LIST").splitlines() if f"addr={ops1}:" in line]
-    users = {
-        part.split("=", 1)[1]
-        for line in clients
-        for part in line.split()
-        if part.startswith("user=")
-    }
-    assert "producer" in users, clients
-    rules = broker_admin("ACL GETUSER producer")
-    assert "pidbox" not in rules and "+brpop" not in rules and "+del" not in rules, rules

@@ -212,6 +212,7 @@ OWN_LOGINS = [
     ("celery-beat.service", "beat", "LPUSH default x", ["GET celery-task-meta-x"]),
     ("celery-exporter.service", "celery_exporter", "LLEN default", ["LPUSH default x"]),
     ("flower.service", "flower", "GET celery-task-meta-x", ["LPUSH default x"]),
+    ("celery-api.service", "producer", "LPUSH default x", ["PUBLISH /0.celery.pidbox x"]),
 ]
 SERVICE_USERS = ["beat", "celery_exporter", "flower", "producer"]
 

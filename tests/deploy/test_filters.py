@@ -1,0 +1,41 @@
+"""The filters every role shares (plugins/filter/bundle.py), with real readers: an env file
+value read back by a POSIX shell, and the rule for a host's cluster address."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "bundle.py"
+_spec = importlib.util.spec_from_file_location("bundle_filters", PLUGIN)
+assert _spec and _spec.loader
+bundle = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bundle)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", 'with "quotes"', "back\\slash\\", "$HOME and ${X}", "`id`", "a'b c", "p@ss:w/rd%"],
+)
+def test_env_quote_reads_back_unchanged_in_a_shell(value: str, tmp_path: Path) -> None:
+    env = tmp_path / "x.env"
+    env.write_text(f"X={bundle.env_quote(value)}\n")
+    out = subprocess.run(
+        ["sh", "-c", f'. "{env}"; printf %s "$X"'], capture_output=True, text=True, check=True
+    )
+    assert out.stdout == value
+
+
+def test_host_address_prefers_the_cluster_address() -> None:
+    facts = {"default_ipv4": {"address": "192.0.2.10"}}
+    both = {"cluster_address": "10.0.0.5", "ansible_facts": facts}
+    assert bundle.host_address(both) == "10.0.0.5"
+    assert bundle.host_address({"ansible_facts": facts}) == "192.0.2.10"
+
+
+def test_host_address_names_the_host_without_any_address() -> None:
+    with pytest.raises(ValueError, match="data1: no cluster_address"):
+        bundle.host_address({"inventory_hostname": "data1", "ansible_facts": {}})
