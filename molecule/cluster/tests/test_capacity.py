@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from conftest import playbook_env
+
 testinfra_hosts = ["worker1"]
 
 # 2 x 46 pool processes: far beyond the scenario's max_connections (48, host_vars/data1.yml).
@@ -46,7 +48,7 @@ def test_workers_play_refuses_instances_postgresql_cannot_serve(host: Any, tmp_p
             f"@{extra}",
         ],
         cwd=project,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": f"{project}/roles", "ANSIBLE_NOCOLOR": "1"},
+        env=playbook_env(),
         capture_output=True,
         text=True,
         timeout=600,

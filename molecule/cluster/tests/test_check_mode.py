@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from conftest import playbook_env
+
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
     r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
@@ -26,16 +28,6 @@ RECAP = re.compile(
 _RUN: dict[str, Any] = {}
 
 
-def _env() -> dict[str, str]:
-    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    return dict(
-        os.environ,
-        ANSIBLE_ROLES_PATH=str(project / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-
-
 def start_in_background() -> None:
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
     inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
@@ -43,12 +35,14 @@ def start_in_background() -> None:
     # Output to files, not pipes: nobody reads it until the test; a full pipe would stall it.
     out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read and closed by the test
     err = tempfile.TemporaryFile("w+")  # noqa: SIM115
-    _RUN.update(proc=subprocess.Popen(cmd, env=_env(), stdout=out, stderr=err), out=out, err=err)
+    _RUN.update(
+        proc=subprocess.Popen(cmd, env=playbook_env(), stdout=out, stderr=err), out=out, err=err
+    )
 
 
 def test_site_check_mode_changes_nothing() -> None:
     inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
-    env = _env()
+    env = playbook_env()
     if "proc" not in _RUN:  # this module run alone
         start_in_background()
     proc, out, err = _RUN.pop("proc"), _RUN.pop("out"), _RUN.pop("err")

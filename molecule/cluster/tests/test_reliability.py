@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AS_CELERY, QUEUES, app_python, other_host
+from conftest import AS_CELERY, QUEUES, app_python, other_host, playbook_env
 from reliability import (
     FIGURES,
     INSTANCES,
@@ -328,7 +328,7 @@ def roll_under_load(ops1: Any, playbook: str, *args: str) -> None:
             *args,
         ],
         cwd=root,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": f"{root}/roles"},
+        env=playbook_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
