@@ -46,6 +46,8 @@ def inventory_facts() -> dict[str, Any]:
     # The answer holds the Flower password: only in this pipe, never in the scenario's Ansible log
     # (ANSIBLE_LOG_PATH, which test_lockdown.py scans for secrets).
     env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_LOG_PATH"}
+    # JSON alone on stdout: no other callback (Molecule's env enables the timer's last line).
+    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
     env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
     inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
     debug = ["-m", "ansible.builtin.debug", "-a", json.dumps({"msg": FACTS})]
