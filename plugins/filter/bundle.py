@@ -6,12 +6,15 @@ Molecule's ANSIBLE_FILTER_PLUGINS, .config/molecule/config.yml).
   `hostvars[inventory_hostname] | host_address` for the host itself.
 - `env_quote`: a value for an env file that systemd's EnvironmentFile= and a POSIX shell read
   the same way: double-quoted, with ", \\, ` and $ escaped.
+- `url_quote`: a user name or password inside a URL's login (`user:password@`): every character
+  but letters, digits and `-._~` percent-encoded, `/`, `:` and `@` included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 
 def host_address(hostvars: Mapping[str, Any]) -> str:
@@ -34,6 +37,10 @@ def env_quote(value: Any) -> str:
     return f'"{text}"'
 
 
+def url_quote(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"host_address": host_address, "env_quote": env_quote}
+        return {"host_address": host_address, "env_quote": env_quote, "url_quote": url_quote}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -39,3 +40,12 @@ def test_host_address_prefers_the_cluster_address() -> None:
 def test_host_address_names_the_host_without_any_address() -> None:
     with pytest.raises(ValueError, match="data1: no cluster_address"):
         bundle.host_address({"inventory_hostname": "data1", "ansible_facts": {}})
+
+
+@pytest.mark.parametrize("secret", ["plain-1.2_3~", "p@ss:w/rd%", "a b+c?d#e&f=g", "ünï"])
+def test_url_quote_round_trips_through_a_url_login(secret: str) -> None:
+    """The URL parser the app's clients use (redis-py and SQLAlchemy both split with urllib)
+    finds the same user and password back."""
+    url = urlsplit(f"rediss://{bundle.url_quote(secret)}:{bundle.url_quote(secret)}@h:6380/0")
+    assert (url.hostname, url.port) == ("h", 6380)
+    assert (unquote(url.username or ""), unquote(url.password or "")) == (secret, secret)

@@ -52,7 +52,7 @@ def address_of(host: Any) -> str:
     return str(host.check_output("hostname -I").split()[0])
 
 
-def playbook_env(**extra: str) -> dict[str, str]:
+def playbook_env() -> dict[str, str]:
     """The environment of an ansible-playbook a test runs against the lab: the project's roles
     and shared filters (as .config/molecule/config.yml gives Molecule's own runs), no colours."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
@@ -62,7 +62,6 @@ def playbook_env(**extra: str) -> dict[str, str]:
         "ANSIBLE_FILTER_PLUGINS": f"{project}/plugins/filter",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
-        **extra,
     }
 
 

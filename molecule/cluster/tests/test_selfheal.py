@@ -329,7 +329,7 @@ def test_redis_sigkill_with_1000_in_flight(healed: Any) -> None:
     while main_pid(data1, "redis-server") in (0, pid) and time.monotonic() - killed < 60:
         time.sleep(0.2)
     back = time.monotonic() - killed
-    # At most 240 s (past batch's 160 s visibility + the sweep); wait_done returns once the broker
+    # At most 240 s (past batch's 100 s visibility + the sweep); wait_done returns once the broker
     # holds none of them: what is not done then is lost.
     c = wait_done(ops1, prefix, n, 240, f"Redis SIGKILL with {in_flight} in flight")
     figure(
@@ -356,14 +356,14 @@ def test_redis_sigkill_with_1000_in_flight(healed: Any) -> None:
 
 
 SHORT = ["pricing", "notifications", "default"]  # instances pricing, notifications: visibility 80 s
-LONG = ["data_processing", "maintenance"]  # instance batch: visibility 160 s
+LONG = ["data_processing", "maintenance"]  # instance batch: visibility 100 s
 
 
 @pytest.mark.timeout(900)
 def test_power_cut_short_queues_back_within_2_minutes(healed: Any) -> None:
     """worker2 loses power with probes running on every queue: the short queues' in-flight work
     completes on worker1 within 2 minutes (their own 80 s visibility timeout), batch's within its
-    own 160 s; nothing that worker1 runs is started twice; nothing lost; new probes on every queue
+    own 100 s; nothing that worker1 runs is started twice; nothing lost; new probes on every queue
     are served by worker1 meanwhile; worker2 boots back healthy."""
     ops1 = healed
     prefix = new_prefix("powercut")
@@ -403,11 +403,11 @@ def test_power_cut_short_queues_back_within_2_minutes(healed: Any) -> None:
     wait_healthy("worker2")
     figure(
         f"RELIABILITY power cut: short queues all done {done.get('short', -1):.0f} s after the cut "
-        f"(target 120), batch's {done.get('long', -1):.0f} s (its visibility 160 s)"
+        f"(target 120), batch's {done.get('long', -1):.0f} s (its visibility 100 s)"
     )
     assert (c["lost"], c["duplicated"]) == (0, 0), c
     assert done.get("short", 999) < 120, done
-    assert done.get("long", 999) < 160 + 60, done
+    assert done.get("long", 999) < 100 + 60, done
     twice = [
         r for r in probes(ops1, prefix) if r["workers"][0].endswith("@worker1") and r["runs"] > 1
     ]
