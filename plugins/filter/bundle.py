@@ -6,6 +6,8 @@ Molecule's ANSIBLE_FILTER_PLUGINS, .config/molecule/config.yml).
   `hostvars[inventory_hostname] | host_address` for the host itself.
 - `env_quote`: a value for an env file that systemd's EnvironmentFile= and a POSIX shell read
   the same way: double-quoted, with ", \\, ` and $ escaped.
+- `group_hosts`: the hosts of the named inventory groups, each once, sorted; a group the inventory
+  lacks adds none. `[celery_workers, flower] | group_hosts(groups)`.
 - `url_quote`: a user name or password inside a URL's login (`user:password@`): every character
   but letters, digits and `-._~` percent-encoded, `/`, `:` and `@` included.
 """
@@ -37,10 +39,19 @@ def env_quote(value: Any) -> str:
     return f'"{text}"'
 
 
+def group_hosts(names: list[str], groups: Mapping[str, list[str]]) -> list[str]:
+    return sorted({host for name in names for host in groups.get(name, [])})
+
+
 def url_quote(value: Any) -> str:
     return quote(str(value), safe="")
 
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"host_address": host_address, "env_quote": env_quote, "url_quote": url_quote}
+        return {
+            "host_address": host_address,
+            "env_quote": env_quote,
+            "group_hosts": group_hosts,
+            "url_quote": url_quote,
+        }

@@ -49,3 +49,13 @@ def test_url_quote_round_trips_through_a_url_login(secret: str) -> None:
     url = urlsplit(f"rediss://{bundle.url_quote(secret)}:{bundle.url_quote(secret)}@h:6380/0")
     assert (url.hostname, url.port) == ("h", 6380)
     assert (unquote(url.username or ""), unquote(url.password or "")) == (secret, secret)
+
+
+def test_group_hosts_skips_missing_groups_and_repeats() -> None:
+    groups = {"celery_workers": ["worker2", "worker1"], "flower": ["ops1", "worker1"]}
+    assert bundle.group_hosts(["celery_workers", "flower", "celery_beat"], groups) == [
+        "ops1",
+        "worker1",
+        "worker2",
+    ]
+    assert bundle.group_hosts(["celery_beat"], groups) == []

@@ -234,6 +234,10 @@ CASES = {
         lambda i: set_all(i, postgresql_migrator_password=""),
         "postgresql_migrator_password",
     ),
+    "no host may log in as the tasks": (
+        lambda i: set_all(i, postgresql_app_client_groups=["task_hosts"]),
+        "postgresql_app_client_groups (['task_hosts']) hold no host",
+    ),
     "redis host not in the inventory": (
         lambda i: set_all(i, celery_app_redis_host="cache9"),
         "celery_app_redis_host (cache9)",

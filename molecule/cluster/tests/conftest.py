@@ -132,6 +132,18 @@ READ_ONLY_FIRST = (
 )
 
 
+def test_logs() -> Path:
+    """Where `make test` keeps its lane logs (Makefile's TEST_LOGS); absent outside `make test`."""
+    return Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".lab" / "test-logs"
+
+
+def pytest_sessionstart(session: Any) -> None:
+    # The cluster is converged: `make test`'s other lane, waiting for this file, starts its heavy
+    # part now, beside these tests' waits rather than beside the converge (Makefile).
+    if test_logs().is_dir():
+        (test_logs() / "cluster.verifying").touch()
+
+
 def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
     def rank(item: Any) -> int:
         name = Path(str(item.fspath)).name
@@ -152,7 +164,6 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Any:
         report.sections.append(("cluster state at the failure", "\n".join(lines)))
         # Also to a file beside the lane logs, which `make test` prints last when a lane failed.
         error = str(call.excinfo.value).splitlines()[:3] if call.excinfo else []
-        logs = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".lab" / "test-logs"
-        if logs.is_dir():
-            with (logs / "diagnosis.txt").open("a") as f:
+        if test_logs().is_dir():
+            with (test_logs() / "diagnosis.txt").open("a") as f:
                 f.write("\n".join([f"FAILED {item.nodeid}", *error, *lines, ""]) + "\n")

@@ -149,6 +149,36 @@ def test_app_connections_are_tls() -> None:
     assert "no pg_hba.conf entry" in refused and "no encryption" in refused, refused
 
 
+# Both logins of the database from a host, with a wrong password: what PostgreSQL answers each.
+PG_LOGIN_PROBE = """
+import json, psycopg
+out = {}
+for user in ("app", "app_migrator"):
+    try:
+        psycopg.connect(host=%(host)r, dbname="app", user=user, password="not-the-password",
+                        sslmode="verify-full", sslrootcert="/etc/celery/ca.pem",
+                        connect_timeout=10).close()
+        out[user] = "connected"
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        out[user] = ("no entry" if "no pg_hba.conf entry" in text
+                     else "wrong password" if "password authentication failed" in text else text)
+print(json.dumps(out))
+"""
+
+
+def test_each_database_login_only_from_the_hosts_that_use_it() -> None:
+    """PostgreSQL's pg_hba decides before any password: ops1 (beat, Flower, the API; no task)
+    finds no entry for `app`, only for `app_migrator` (site.yml may migrate from any app host),
+    whose wrong password is then refused; worker1 finds both. No real password is sent."""
+    probe = PG_LOGIN_PROBE % {"host": address("data1")}
+    seen = {name: app_python(other_host(name), probe) for name in ("ops1", "worker1")}
+    assert seen == {
+        "ops1": {"app": "no entry", "app_migrator": "wrong password"},
+        "worker1": {"app": "wrong password", "app_migrator": "wrong password"},
+    }, seen
+
+
 def test_no_secret_in_a_command_line(secrets: dict[str, str]) -> None:
     for name in EVERY_HOST:
         # The command lines come to the controller: the secrets are never sent to a host for this.
