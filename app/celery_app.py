@@ -73,7 +73,9 @@ class AppTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         counter = None
-        if self.request.id and not self.request.is_eager:
+        # Only a message the broker gave back (its worker died, or it was requeued) is counted:
+        # a first delivery costs no Redis round trip (docs/DESIGN.md, "Per-task cost").
+        if self.request.id and not self.request.is_eager and self._redelivered():
             counter = self._guard_redeliveries()
         try:
             return self.run(*args, **kwargs)
@@ -122,12 +124,18 @@ class AppTask(Task):
         except Exception as db_exc:  # the database may be the reason the task failed
             log.warning("task_failure_not_recorded", error=str(db_exc)[:500])
 
+    def _redelivered(self) -> bool:
+        # kombu's Redis transport marks every message it puts back in its queue: a requeue
+        # (reject_on_worker_lost, the stop guard) and the visibility sweep of a lost worker's.
+        return bool((self.request.delivery_info or {}).get("redelivered"))
+
     def _guard_redeliveries(self) -> str | None:
-        """Count deliveries of this message; refuse one that keeps killing its worker.
+        """Count redeliveries of this message; refuse one that keeps killing its worker.
 
         acks_late + reject_on_worker_lost requeue a message whose worker died, which is right
         once but loops forever for a message that kills every worker. The count lives in the
-        broker's Redis under the task id and retry number (a retry is a new message).
+        broker's Redis under the task id and retry number (a retry is a new message); the first
+        delivery is not in it, so this delivery's number is the count plus one.
         """
         settings = get_settings()
         key = f"app:deliveries:{self.request.id}:{self.request.retries}"
@@ -136,7 +144,7 @@ class AppTask(Task):
             with client.pipeline() as pipe:
                 pipe.incr(key)
                 pipe.expire(key, settings.visibility_timeout * 2)
-                count = int(pipe.execute()[0])
+                count = int(pipe.execute()[0]) + 1
         except redis.RedisError as exc:  # never block work because the counter is unavailable
             log.warning("delivery_count_unavailable", error=str(exc))
             return None
@@ -146,8 +154,7 @@ class AppTask(Task):
                 f"time); not running it again (APP_TASK_MAX_DELIVERIES="
                 f"{settings.task_max_deliveries})"
             )
-        if count > 1:
-            log.warning("task_redelivered", deliveries=count)
+        log.warning("task_redelivered", deliveries=count)
         return key
 
 

@@ -13,6 +13,9 @@ from typing import Any
 
 import structlog
 
+# Celery's logger of the "Task NAME[ID] received" line (celery.worker.strategy).
+RECEIVED_LOGGER = "celery.worker.strategy"
+
 _shared: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -51,6 +54,11 @@ def configure(fmt: str = "json", level: str | int = "INFO", logfile: str | None 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One INFO line per task: its outcome ("succeeded in", "failed", "retry": name, id,
+    # runtime). Celery's "received" line goes to DEBUG (a second line per task cost about
+    # 150 µs of worker CPU: docs/BENCHMARKS.md, "per-task cost").
+    debug = root.getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger(RECEIVED_LOGGER).setLevel(logging.NOTSET if debug else logging.WARNING)
     structlog.configure(
         processors=[
             *_shared,

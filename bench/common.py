@@ -166,6 +166,18 @@ def put(name: str, host: str, local: Path, remote: str) -> None:
     run("scp", "-q", "-F", cfg, str(local), f"{host}:{remote}", timeout=120)
 
 
+VARIANTS_REMOTE = "/opt/bench"  # bench/variants/ on the worker hosts (decompose, throughput)
+
+
+def put_variants(name: str) -> None:
+    """bench/variants/ to /opt/bench on every worker host, readable by the user celery."""
+    for host in workers(name):
+        ssh(name, host, f"install -d -m 0755 {VARIANTS_REMOTE}")
+        for f in ("bare_app.py", "variant_app.py", "run-variant.sh"):
+            put(name, host, BENCH / "variants" / f, f"{VARIANTS_REMOTE}/{f}")
+        ssh(name, host, f"chmod 0644 {VARIANTS_REMOTE}/*.py; chmod 0755 {VARIANTS_REMOTE}/*.sh")
+
+
 def workers(name: str) -> list[str]:
     return [h for h in FLEETS[name][1] if h.startswith("worker")]
 

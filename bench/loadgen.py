@@ -8,6 +8,7 @@ Modes (one JSON object on stdout):
         [--hold]                          (queue filled while the workers are stopped)
   steady --rate R --seconds T             probes at R/s; pickup latency = task-started - send
   ping --nodes a@h,b@h                    wait until these worker nodes answer
+  send --kind noop --count N              only send N tasks: {"sent": N, "send_s": ...}
 
 Task ends and starts come from Celery's events (the app sends them for Flower); the hosts of a
 lab share the controller's kernel clock, so a worker's event time and ops1's send time compare.
@@ -183,7 +184,7 @@ def ping(nodes: list[str], timeout: float) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["burst", "steady", "ping"])
+    p.add_argument("mode", choices=["burst", "steady", "ping", "send"])
     p.add_argument("--kind", choices=sorted(KINDS), default="noop")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--rate", type=float, default=10.0)
@@ -194,6 +195,9 @@ def main() -> None:
     a = p.parse_args()
     if a.mode == "burst":
         out = burst(a.kind, min(a.count, 100_000), min(a.timeout, 3600), a.hold)
+    elif a.mode == "send":  # bench/decompose.py times the drain itself, without events
+        sent = send(a.kind, min(a.count, 100_000))
+        out = {"sent": len(sent), "send_s": round(max(sent.values()) - min(sent.values()), 3)}
     elif a.mode == "steady":
         out = steady(a.rate, min(a.seconds, 1800), drain=min(a.timeout, 600))
     else:

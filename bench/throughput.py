@@ -15,9 +15,12 @@ ExecStart command line with /etc/celery/app.env and worker-NAME.env, as user cel
 to /dev/null instead of the journal), and `systemd-nowatchdog` (the units with a drop-in turning
 sd_notify and the watchdog off: Type=exec, WatchdogSec=0, so app/liveness.py's thread never
 starts), and `systemd-nomonitoring` (the units, with every metrics unit of every host stopped
-for the burst: Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters).
+for the burst: Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters),
+and `systemd-before` (the units running the app as before issue 17's cuts, through
+bench/variants/variant_app.py: every delivery counted in Redis, Celery's "received" line at INFO).
 Ratio systemd/hand: target >= 0.95; systemd/systemd-nowatchdog: what the watchdog costs;
-systemd/systemd-nomonitoring: what the metrics cost (target >= 0.98).
+systemd/systemd-nomonitoring: what the metrics cost (target >= 0.98); systemd/systemd-before: what
+issue 17's cuts gained.
 `--modes systemd,systemd-nomonitoring` runs only those.
 """
 
@@ -65,6 +68,15 @@ def dropin(settings: str) -> str:
 
 
 NOJOURNAL = dropin("StandardOutput=null\\nStandardError=null\\n")
+# The units running the app as it was before issue 17's cuts (bench/variants/variant_app.py,
+# BENCH_ON): every delivery counted in Redis, Celery's "received" line at INFO. printf's `%%`.
+BEFORE_CUTS = dropin(
+    f"Environment=PYTHONPATH={common.VARIANTS_REMOTE} BENCH_ON=guard-every,received\\n"
+    "ExecStart=\\n"
+    "ExecStart=/opt/celery/current/bin/celery --app=variant_app:celery_app worker"
+    " --hostname=%%i@%%%%h --queues=${CELERY_WORKER_QUEUES}"
+    " --logfile=/var/log/celery/%%i.log $CELERY_WORKER_OPTS\\n"
+)
 NOWATCHDOG = dropin("Type=exec\\nWatchdogSec=0\\nNotifyAccess=none\\n")
 UNJOURNAL = f"rm -f {DROPIN}; systemctl daemon-reload\n"
 # The metrics units active on a host (playbooks/monitoring.yml), stopped for a burst and started
@@ -86,6 +98,7 @@ MODES = {
     "systemd-nojournal": (UNITS_STOP + NOJOURNAL, UNITS_START, UNITS_STOP + UNJOURNAL),
     "systemd-nowatchdog": (UNITS_STOP + NOWATCHDOG, UNITS_START, UNITS_STOP + UNJOURNAL),
     "systemd-nomonitoring": (UNITS_STOP, UNITS_START, ""),
+    "systemd-before": (UNITS_STOP + BEFORE_CUTS, UNITS_START, UNITS_STOP + UNJOURNAL),
 }
 # Modes that change every host, not only the worker hosts: (before the burst, after it).
 EVERY_HOST = {"systemd-nomonitoring": (MONITORING_STOP, MONITORING_START)}
@@ -102,6 +115,8 @@ def main() -> None:
     kinds = a.kinds.split(",")
     modes = {m: MODES[m] for m in a.modes.split(",")}
     common.ready_for_bursts(a.lab)
+    if "systemd-before" in modes:
+        common.put_variants(a.lab)
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for run in range(1, min(a.runs, 10) + 1):
@@ -135,6 +150,7 @@ def main() -> None:
             "nojournal_over_hand": ("systemd-nojournal", "hand"),
             "systemd_over_nowatchdog": ("systemd", "systemd-nowatchdog"),
             "systemd_over_nomonitoring": ("systemd", "systemd-nomonitoring"),
+            "systemd_over_before": ("systemd", "systemd-before"),
         }
         ratios = {
             name: round(med[top] / med[bottom], 3)

@@ -145,6 +145,24 @@ def test_every_log_line_inside_a_task_names_task_queue_and_worker(alive: Any) ->
     assert result.id not in worker_log()
 
 
+def test_a_first_delivery_costs_one_log_line_and_no_delivery_counter(alive: Any) -> None:
+    """Issue 17's cuts: no INCR for a message delivered once, one INFO line of Celery's per task
+    (its outcome), the "received" line at DEBUG."""
+    broker = broker_redis()
+    incr_before = broker.info("commandstats").get("cmdstat_incr", {}).get("calls", 0)
+    results = [celery_app.send_task("ops.probe", [uuid.uuid4().hex]) for _ in range(5)]
+    assert [r.get(timeout=60)["completions"] for r in results] == [1] * 5
+    assert broker.info("commandstats").get("cmdstat_incr", {}).get("calls", 0) == incr_before
+    log = WORKER_FILE_LOG.read_text()
+    for r in results:
+        celery_lines = [
+            json.loads(line)["event"]
+            for line in log.splitlines()
+            if r.id in line and json.loads(line).get("logger", "").startswith("celery.")
+        ]
+        assert len(celery_lines) == 1 and "succeeded in" in celery_lines[0], celery_lines
+
+
 def test_final_failures_are_recorded_in_application_logs(alive: Any) -> None:
     result = run("pricing.update_material_costs", "not an object")
     assert result.state == "FAILURE"
