@@ -173,7 +173,7 @@ def put_variants(name: str) -> None:
     """bench/variants/ to /opt/bench on every worker host, readable by the user celery."""
     for host in workers(name):
         ssh(name, host, f"install -d -m 0755 {VARIANTS_REMOTE}")
-        for f in ("bare_app.py", "variant_app.py", "run-variant.sh"):
+        for f in ("bare_app.py", "variant_app.py", "tls_off.py", "run-variant.sh"):
             put(name, host, BENCH / "variants" / f, f"{VARIANTS_REMOTE}/{f}")
         ssh(name, host, f"chmod 0644 {VARIANTS_REMOTE}/*.py; chmod 0755 {VARIANTS_REMOTE}/*.sh")
 

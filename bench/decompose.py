@@ -41,8 +41,10 @@ OFF_ALL = "results,extended,events,guard,dedup,structlog"
 # name -> (app, loglevel, BENCH_OFF, BENCH_DROP); BENCH_ON=guard-every,received for `before`
 VARIANTS: dict[str, tuple[str, str, str, str]] = {
     "bare": ("bare_app:app", "WARNING", "", "limits,maxtasks"),
+    "bare-plain": ("bare_app:app", "WARNING", "tls", "limits,maxtasks"),
     "before": (DEPLOYED, "INFO", "", ""),
     "deployed": (DEPLOYED, "INFO", "", ""),
+    "-tls": (DEPLOYED, "INFO", "tls", ""),
     "-results": (DEPLOYED, "INFO", "results", ""),
     "-extended": (DEPLOYED, "INFO", "extended", ""),
     "-events": (DEPLOYED, "INFO", "events", ""),
@@ -100,6 +102,20 @@ awk -v t0="$t0" -v t1="$t1" -v a="$*" 'BEGIN {{ split(a, v, " ");
   printf "\\"broker_cpu_s\\": %.6f, ", v[6] - v[2];
   printf "\\"results_commands\\": %d, \\"results_cpu_s\\": %.6f}}\\n", v[7] - v[3], v[8] - v[4] }}'
 """
+# `tls` variants: each Redis also listens on its plain port (6379, 6381) for the run, the
+# firewall open to them; closed again at the end (tls_off.py rewrites the URLs).
+PLAIN_OPEN = f"""
+read -r REDISCLI_AUTH; export REDISCLI_AUTH
+{REDIS} -p 6380 CONFIG SET port 6379 && {REDIS} -p 6382 CONFIG SET port 6381
+nft insert rule inet firewall input tcp dport '{{ 6379, 6381 }}' accept comment bench-plain
+"""
+PLAIN_CLOSE = f"""
+read -r REDISCLI_AUTH; export REDISCLI_AUTH
+{REDIS} -p 6380 CONFIG SET port 0; {REDIS} -p 6382 CONFIG SET port 0
+for h in $(nft -a list chain inet firewall input | awk '/bench-plain/ {{print $NF}}'); do
+  nft delete rule inet firewall input handle "$h"
+done
+"""
 HOLD = f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; {REDIS} -p 6380 RENAME default bench:hold"
 FLEET_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'"
 FLEET_START = "systemctl start celery-workers.target"
@@ -128,10 +144,12 @@ def wait_default_empty(lab: str) -> None:
     raise SystemExit("bench: `default` still has messages after 300 s")
 
 
-def one(lab: str, name: str, count: int) -> dict[str, Any]:
+def one(lab: str, name: str, count: int, kind: str) -> dict[str, Any]:
     app, level, off, drop = VARIANTS[name]
     wait_default_empty(lab)
-    sent = common.gen(lab, "send", "--kind", "noop", "--count", str(count))
+    sent = common.gen(
+        lab, "send", "--kind", kind, "--count", str(count), "--queue", "default", timeout=600
+    )
     common.ssh(lab, "data1", HOLD, stdin=password() + "\n")
     on = "guard-every,received" if name == "before" else ""
     on_workers(lab, START.format(app=app, level=level, off=off, drop=drop, on=on))
@@ -150,6 +168,7 @@ def one(lab: str, name: str, count: int) -> dict[str, Any]:
     rate = sent["sent"] / drained["seconds"]
     return {
         "variant": name,
+        "kind": kind,
         "tasks": sent["sent"],
         "seconds": round(drained["seconds"], 3),
         "tasks_per_s": round(rate, 1),
@@ -201,6 +220,8 @@ FEATURES = {
     "bare": "all of it (deployed - bare Celery)",
     "before": "issue 17's cuts (before - deployed)",
     "-results": "results (SET + PUBLISH)",
+    "-tls": "TLS to both Redis servers",
+    "bare-plain": "bare Celery: TLS (bare - bare-plain)",
     "-extended": "result_extended",
     "-events": "task events",
     "-guard": "redelivery guard (as now)",
@@ -262,6 +283,7 @@ def main() -> None:
     p.add_argument("--lab", default="bench")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--count", type=int, default=3000)
+    p.add_argument("--kind", choices=("noop", "mix"), default="noop")
     p.add_argument("--variants", default=",".join(VARIANTS), help="of: " + ",".join(VARIANTS))
     p.add_argument("--chart", default="", help="write the bar chart (PNG) there")
     p.add_argument("--from-log", default="", help="no run: the summary and chart of this output")
@@ -276,17 +298,26 @@ def main() -> None:
     opts = common.ssh(lab, "worker1", ". /etc/celery/worker-batch.env; echo $CELERY_WORKER_OPTS")
     if f"--concurrency={PROCESSES_PER_HOST} " not in opts + " " or "--pool=prefork" not in opts:
         raise SystemExit(f"bench: the batch instance is not prefork x{PROCESSES_PER_HOST}: {opts}")
+    if a.kind == "mix" and any(n.startswith("bare") for n in names):
+        raise SystemExit("bench: bare Celery has no mix tasks: no bare variant with --kind mix")
+    if a.kind == "mix":
+        common.prepare(lab)  # the demo data and the SMTP sinks the mix's tasks use
     common.put(lab, "ops1", common.BENCH / "loadgen.py", "/root/loadgen.py")
     common.put_variants(lab)
+    plain = any("tls" in VARIANTS[n][2] for n in names)
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     on_workers(lab, FLEET_STOP)
     try:
+        if plain:
+            common.ssh(lab, "data1", PLAIN_OPEN, stdin=password() + "\n")
         for run in range(1, min(a.runs, 10) + 1):
             for name in names:
-                row = one(lab, name, a.count)
+                row = one(lab, name, a.count, a.kind)
                 common.emit({"bench": "decompose", "run": run, **row})
                 results[name].append(row)
     finally:
+        if plain:
+            common.ssh(lab, "data1", PLAIN_CLOSE, stdin=password() + "\n", check=False)
         on_workers(lab, STOP + "; " + FLEET_START)
     common.wait_nodes(lab)
     report(results, a.chart)

@@ -8,7 +8,7 @@ Modes (one JSON object on stdout):
         [--hold]                          (queue filled while the workers are stopped)
   steady --rate R --seconds T             probes at R/s; pickup latency = task-started - send
   ping --nodes a@h,b@h                    wait until these worker nodes answer
-  send --kind noop --count N              only send N tasks: {"sent": N, "send_s": ...}
+  send --kind noop --count N [--queue Q]  only send N tasks (all to Q if given): {"sent": N, ...}
 
 Task ends and starts come from Celery's events (the app sends them for Flower); the hosts of a
 lab share the controller's kernel clock, so a worker's event time and ops1's send time compare.
@@ -92,7 +92,9 @@ class Events:
         self._thread.join(timeout=5)
 
 
-def send(kind: str, count: int, rate: float = 0.0, seconds: float = 0.0) -> dict[str, float]:
+def send(
+    kind: str, count: int, rate: float = 0.0, seconds: float = 0.0, only_queue: str = ""
+) -> dict[str, float]:
     """Send tasks (all at once, or at `rate` per second for `seconds`); their send times."""
     sent: dict[str, float] = {}
     t0 = time.time()
@@ -107,6 +109,7 @@ def send(kind: str, count: int, rate: float = 0.0, seconds: float = 0.0) -> dict
         if kind == "probe" and rate:
             queue = next(queues)  # steady: every instance's queue in turn
         sent[tid] = time.time()
+        queue = only_queue or queue
         options = {"queue": queue} if queue else {}
         celery_app.send_task(name, args=args, kwargs=kwargs, task_id=tid, **options)
     return sent
@@ -191,12 +194,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--nodes", default="")
+    p.add_argument("--queue", default="", help="send: every task to this queue")
     p.add_argument("--hold", action="store_true", help="burst: workers start after the sends")
     a = p.parse_args()
     if a.mode == "burst":
         out = burst(a.kind, min(a.count, 100_000), min(a.timeout, 3600), a.hold)
     elif a.mode == "send":  # bench/decompose.py times the drain itself, without events
-        sent = send(a.kind, min(a.count, 100_000))
+        sent = send(a.kind, min(a.count, 100_000), only_queue=a.queue)
         out = {"sent": len(sent), "send_s": round(max(sent.values()) - min(sent.values()), 3)}
     elif a.mode == "steady":
         out = steady(a.rate, min(a.seconds, 1800), drain=min(a.timeout, 600))

@@ -8,11 +8,16 @@ app.env): only the app around the worker differs.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
+from tls_off import plain
 
 from app.settings import get_settings
 
-app = Celery("bare", broker=get_settings().broker_url)
+# BENCH_OFF=tls: over the broker's plain port (bench/decompose.py's `bare-plain`).
+url = get_settings().broker_url
+app = Celery("bare", broker=plain(url) if "tls" in os.environ.get("BENCH_OFF", "") else url)
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -5,10 +5,11 @@
 BENCH_OFF, comma-separated: `results` (no result write: task_ignore_result), `extended`
 (result_extended off), `events` (no task events), `guard` (no redelivery counter), `dedup`
 (worker_deduplicate_successful_tasks off), `structlog` (stdlib logging.Formatter lines instead
-of structlog's JSON). BENCH_ON, what the app did before issue 17's cuts: `guard-every` (the
-redelivery counter on every delivery: INCR + EXPIRE, then DEL, per task) and `received` (Celery's
-"received" line at INFO). Per-task INFO lines are switched off by the command line
-(--loglevel=WARNING), as an operator would.
+of structlog's JSON), `tls` (both Redis servers over their plain ports: tls_off.py). BENCH_ON,
+what the app did before issue 17's cuts: `guard-every` (the redelivery counter on every
+delivery: INCR + EXPIRE, then DEL, per task) and `received` (Celery's "received" line at INFO).
+Per-task INFO lines are switched off by the command line (--loglevel=WARNING), as an operator
+would.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from typing import Any
 
 from celery import signals
+from tls_off import plain
 
 from app import celery_app as deployed
 from app import logs
@@ -26,12 +28,15 @@ from app.celery_app import AppTask, celery_app
 from app.settings import get_settings
 
 OFF = {x for x in os.environ.get("BENCH_OFF", "").split(",") if x}
-KNOWN = {"results", "extended", "events", "guard", "dedup", "structlog"}
+KNOWN = {"results", "extended", "events", "guard", "dedup", "structlog", "tls"}
 ON = {x for x in os.environ.get("BENCH_ON", "").split(",") if x}
 UNKNOWN = (OFF - KNOWN) | (ON - {"guard-every", "received"})
 if UNKNOWN:
     raise SystemExit(f"BENCH_OFF/BENCH_ON: unknown {sorted(UNKNOWN)}; see the docstring")
 
+if "tls" in OFF:
+    celery_app.conf.broker_url = plain(celery_app.conf.broker_url)
+    celery_app.conf.result_backend = plain(celery_app.conf.result_backend)
 if "results" in OFF:
     celery_app.conf.task_ignore_result = True
 if "extended" in OFF:
