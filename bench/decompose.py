@@ -221,7 +221,7 @@ FEATURES = {
     "before": "issue 17's cuts (before - deployed)",
     "-results": "results (SET + PUBLISH)",
     "-tls": "TLS to both Redis servers",
-    "bare-plain": "bare Celery: TLS (bare - bare-plain)",
+    "bare-plain": "all of it, and TLS (deployed - bare-plain)",
     "-extended": "result_extended",
     "-events": "task events",
     "-guard": "redelivery guard (as now)",
