@@ -55,8 +55,8 @@ def configure(fmt: str = "json", level: str | int = "INFO", logfile: str | None 
     root.handlers[:] = [handler]
     root.setLevel(level)
     # One INFO line per task: its outcome ("succeeded in", "failed", "retry": name, id,
-    # runtime). Celery's "received" line goes to DEBUG (a second line per task cost about
-    # 150 µs of worker CPU: docs/BENCHMARKS.md, "per-task cost").
+    # runtime). Celery's "received" line goes to DEBUG: a second line per task that says nothing
+    # the outcome does not (what lines cost: docs/BENCHMARKS.md, "per-task feature").
     debug = root.getEffectiveLevel() <= logging.DEBUG
     logging.getLogger(RECEIVED_LOGGER).setLevel(logging.NOTSET if debug else logging.WARNING)
     structlog.configure(
