@@ -19,25 +19,21 @@ import json
 
 import common
 
-TLS = "-h 127.0.0.1 -p 6380 --tls --cacert /etc/redis/tls/ca.crt --user admin"
+TLS = f"{common.REDIS_ADMIN} -p 6380"
 BENCH = (
     f'read -r pw; redis-benchmark {TLS} -a "$pw" -c 50 -n 100000 -t ping,set,get,lpush,rpop --csv'
 )
 INFO = f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli {TLS} INFO stats"
 
 
-def password() -> str:
-    return (common.REPO / ".lab" / "secrets" / "redis_admin_password").read_text().strip()
-
-
 def redis_benchmark(name: str) -> dict[str, float]:
-    out = common.ssh(name, "data1", BENCH, stdin=password() + "\n", timeout=600)
+    out = common.ssh(name, "data1", BENCH, stdin=common.redis_admin_password() + "\n", timeout=600)
     rows = csv.reader(io.StringIO(out))
     return {r[0]: float(r[1]) for r in rows if len(r) > 1 and r[0] != "test"}
 
 
 def commands(name: str) -> int:
-    out = common.ssh(name, "data1", INFO, stdin=password() + "\n")
+    out = common.ssh(name, "data1", INFO, stdin=common.redis_admin_password() + "\n")
     line = next(x for x in out.splitlines() if x.startswith("total_commands_processed:"))
     return int(line.split(":")[1])
 

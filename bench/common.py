@@ -166,6 +166,15 @@ def put(name: str, host: str, local: Path, remote: str) -> None:
     run("scp", "-q", "-F", cfg, str(local), f"{host}:{remote}", timeout=120)
 
 
+# redis-cli/redis-benchmark options on data1 for the Redis user `admin` over TLS (add -p PORT),
+# its password on stdin (redis_admin_password()).
+REDIS_ADMIN = "-h 127.0.0.1 --tls --cacert /etc/redis/tls/ca.crt --user admin"
+
+
+def redis_admin_password() -> str:
+    return (REPO / ".lab" / "secrets" / "redis_admin_password").read_text().strip()
+
+
 VARIANTS_REMOTE = "/opt/bench"  # bench/variants/ on the worker hosts (decompose, throughput)
 
 
@@ -234,13 +243,16 @@ def wait_nodes(name: str, instances: tuple[str, ...] = INSTANCES) -> None:
         raise SystemExit(f"bench: workers not answering: {got['missing']}")
 
 
-def drain_queues(name: str) -> None:
-    """Nothing left over from an earlier run (a failed run may leave messages queued)."""
+def drain_queues(name: str, queues: tuple[str, ...] = ()) -> bool:
+    """Nothing left over from an earlier run (a failed run may leave messages queued), in every
+    queue or only in `queues`; at most 300 s. Whether they were drained."""
     for _ in range(60):
         out = ssh(name, "ops1", "/usr/local/sbin/taskctl queues --json")
-        if not any(json.loads(out)["queues"].values()):
-            return
+        lengths = json.loads(out)["queues"]
+        if not any(n for q, n in lengths.items() if not queues or q in queues):
+            return True
         time.sleep(5)
+    return False
 
 
 def held_burst(name: str, kind: str, count: int, stop: str, start: str) -> dict[str, Any]:

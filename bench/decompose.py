@@ -1,27 +1,29 @@
 #!/usr/bin/env python3
 """Issue 17: what each per-task feature costs, from bare Celery to the deployed worker.
 
-    .venv/bin/python bench/decompose.py [--lab bench] [--runs 3] [--count 3000]
-        [--variants deployed,bare,...] [--chart docs/img/decompose.png]
+    .venv/bin/python bench/decompose.py [--lab bench] [--runs 3] [--count 3000] [--kind noop|mix]
+        [--variants deployed,bare,...] [--chart docs/img/decompose.png] [--from-log FILE]
 
 The lab must be deployed (bench/converge.py --keep). The fleet's worker units are stopped for the
 whole run and started again at the end. Each variant, run after run in turn (interleaved): ops1
-sends `count` no-op tasks (celery.accumulate) to `default`; data1 moves the list aside (RENAME);
-each worker host starts the variant as a transient unit `bench-variant` (the batch instance's
-options from worker-batch.env: 2 prefork processes per host, 4 in all, as user celery with
-app.env), and once both answer a ping data1 moves the list back and times its drain (queue and
-the instance's unacked hash empty). Measured per task: the rate (and per process), the workers'
-CPU (the unit's cgroup, CPUUsageNSec, main process and children), and on each Redis (broker
-:6380, results :6382) the commands and CPU (INFO).
+sends `count` tasks (no-op `celery.accumulate`, or the mix) to `default`; data1 moves the list
+aside (RENAME); each worker host starts the variant as a transient unit `bench-variant` (the
+batch instance's options from worker-batch.env: 2 prefork processes per host, 4 in all, as user
+celery with app.env), and once both answer a ping data1 moves the list back and times its drain
+(queue and the instance's unacked hash empty). Measured per task: the rate (and per process),
+the workers' CPU (/proc: the main process, its reaped and its live children), and on each Redis
+(broker :6380, results :6382) the commands and CPU (INFO).
 
 Variants: `bare` (bench/variants/bare_app.py: Celery's defaults + acks_late, prefetch 1,
-reject_on_worker_lost, results ignored, no events, WARNING, no limits nor recycling), `deployed`
-(the app as shipped, through bench/variants/variant_app.py with nothing off), `before` (the
-deployed app as before issue 17's cuts: every delivery counted, the "received" line at INFO),
-and `deployed` with one feature off: `-results`, `-extended`, `-events`, `-guard`, `-dedup`,
-`-infolog` (--loglevel=WARNING), `-structlog` (stdlib formatter), `-limits` (no time limits),
-`-maxtasks` (no child recycling), and `-all` (every one of them off). A feature's cost is the
-deployed figure minus the variant's.
+reject_on_worker_lost, results ignored, no events, WARNING, no limits nor recycling) and
+`bare-plain` (the same without TLS), `deployed` (the app as shipped, through
+bench/variants/variant_app.py with nothing off), `before` (the deployed app as before issue 17's
+cuts: every delivery counted, the "received" line at INFO), and `deployed` with one feature off:
+`-tls`, `-results`, `-extended`, `-events`, `-guard`, `-dedup`, `-infolog` (--loglevel=WARNING),
+`-structlog` (stdlib formatter), `-limits` (no time limits), `-maxtasks` (no child recycling),
+and `-all` (all of them but TLS). A feature's cost is the deployed figure minus the variant's,
+run by run (paired medians). `--kind mix` takes no bare variant; `--from-log` redraws the
+summary and chart from an earlier run's output.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ CPU = (
 TICK_NS = 10_000_000  # USER_HZ 100
 STOP = f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null; true"
 # On data1 (the admin login on stdin): Redis's commands and CPU, the list put back, its drain.
-REDIS = "redis-cli --no-auth-warning -h 127.0.0.1 --tls --cacert /etc/redis/tls/ca.crt --user admin"
+REDIS = f"redis-cli --no-auth-warning {common.REDIS_ADMIN}"
 DRAIN = f"""
 read -r REDISCLI_AUTH; export REDISCLI_AUTH
 B="{REDIS} -p 6380"; R="{REDIS} -p 6382"
@@ -121,10 +123,6 @@ FLEET_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'"
 FLEET_START = "systemctl start celery-workers.target"
 
 
-def password() -> str:
-    return (common.REPO / ".lab" / "secrets" / "redis_admin_password").read_text().strip()
-
-
 def on_workers(lab: str, command: str) -> list[str]:
     with ThreadPoolExecutor() as pool:
         return list(pool.map(lambda h: common.ssh(lab, h, command), common.workers(lab)))
@@ -134,23 +132,15 @@ def cpu_ns(lab: str) -> int:
     return sum(int(x.strip() or 0) * TICK_NS for x in on_workers(lab, CPU))
 
 
-def wait_default_empty(lab: str) -> None:
-    """`default` empty (the fleet is stopped: beat's entries pile up in the other queues)."""
-    for _ in range(60):
-        out = common.ssh(lab, "ops1", "/usr/local/sbin/taskctl queues --json")
-        if not json.loads(out)["queues"].get("default"):
-            return
-        time.sleep(5)
-    raise SystemExit("bench: `default` still has messages after 300 s")
-
-
 def one(lab: str, name: str, count: int, kind: str) -> dict[str, Any]:
     app, level, off, drop = VARIANTS[name]
-    wait_default_empty(lab)
+    # Only `default`: the fleet is stopped, beat's entries pile up in the other queues.
+    if not common.drain_queues(lab, ("default",)):
+        raise SystemExit("bench: `default` still has messages after 300 s")
     sent = common.gen(
         lab, "send", "--kind", kind, "--count", str(count), "--queue", "default", timeout=600
     )
-    common.ssh(lab, "data1", HOLD, stdin=password() + "\n")
+    common.ssh(lab, "data1", HOLD, stdin=common.redis_admin_password() + "\n")
     on = "guard-every,received" if name == "before" else ""
     on_workers(lab, START.format(app=app, level=level, off=off, drop=drop, on=on))
     try:
@@ -160,7 +150,9 @@ def one(lab: str, name: str, count: int, kind: str) -> dict[str, Any]:
             raise SystemExit(f"bench: {name}: no answer from {got['missing']}")
         time.sleep(2)  # the pool's children started and idle
         cpu0 = cpu_ns(lab)
-        drained = json.loads(common.ssh(lab, "data1", DRAIN, stdin=password() + "\n").strip())
+        drained = json.loads(
+            common.ssh(lab, "data1", DRAIN, stdin=common.redis_admin_password() + "\n").strip()
+        )
         cpu = cpu_ns(lab) - cpu0
     finally:
         on_workers(lab, STOP)
@@ -309,7 +301,7 @@ def main() -> None:
     on_workers(lab, FLEET_STOP)
     try:
         if plain:
-            common.ssh(lab, "data1", PLAIN_OPEN, stdin=password() + "\n")
+            common.ssh(lab, "data1", PLAIN_OPEN, stdin=common.redis_admin_password() + "\n")
         for run in range(1, min(a.runs, 10) + 1):
             for name in names:
                 row = one(lab, name, a.count, a.kind)
@@ -317,7 +309,9 @@ def main() -> None:
                 results[name].append(row)
     finally:
         if plain:
-            common.ssh(lab, "data1", PLAIN_CLOSE, stdin=password() + "\n", check=False)
+            common.ssh(
+                lab, "data1", PLAIN_CLOSE, stdin=common.redis_admin_password() + "\n", check=False
+            )
         on_workers(lab, STOP + "; " + FLEET_START)
     common.wait_nodes(lab)
     report(results, a.chart)
