@@ -10,10 +10,17 @@ Molecule's ANSIBLE_FILTER_PLUGINS, .config/molecule/config.yml).
   lacks adds none. `[celery_workers, flower] | group_hosts(groups)`.
 - `url_quote`: a user name or password inside a URL's login (`user:password@`): every character
   but letters, digits and `-._~` percent-encoded, `/`, `:` and `@` included.
+- `bundle_entries`: the `files` of the bundle_files module (plugins/modules) for a mapping of file
+  name -> content, all in one directory with one owner, group and mode, in name order.
+  `{'a.conf': text} | bundle_entries('/etc/x', group='x', mode='0640')`.
+- `alert_for_divided`: the text of a Prometheus rules file with every `for:` divided by an integer
+  (in whole seconds, at least 1 s), the rest of the text (comments included) unchanged; 1 returns
+  it as it is. The lab's tests wait for alerts a quarter as long (prometheus_alert_for_divisor).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -47,6 +54,41 @@ def url_quote(value: Any) -> str:
     return quote(str(value), safe="")
 
 
+def bundle_entries(
+    contents: Mapping[str, Any],
+    directory: str,
+    owner: str = "root",
+    group: str = "root",
+    mode: str = "0644",
+) -> list[dict[str, str]]:
+    return [
+        {
+            "path": f"{directory.rstrip('/')}/{name}",
+            "content": str(text),
+            "owner": owner,
+            "group": group,
+            "mode": mode,
+        }
+        for name, text in sorted(contents.items())
+    ]
+
+
+_FOR = re.compile(r"^(?P<lead>\s+for:\s*)(?P<duration>(?:\d+[smhdwy])+)\s*$", re.MULTILINE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def alert_for_divided(rules: str, divisor: Any) -> str:
+    def divided(m: re.Match[str]) -> str:
+        total = sum(
+            int(n) * _UNIT_SECONDS[u] for n, u in re.findall(r"(\d+)([smhdwy])", m["duration"])
+        )
+        return f"{m['lead']}{max(1, total // int(divisor))}s"
+
+    if int(divisor) < 1:
+        raise ValueError(f"the divisor of the rules' for: must be 1 or more, got {divisor}")
+    return rules if int(divisor) == 1 else _FOR.sub(divided, rules)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -54,4 +96,6 @@ class FilterModule:
             "env_quote": env_quote,
             "group_hosts": group_hosts,
             "url_quote": url_quote,
+            "bundle_entries": bundle_entries,
+            "alert_for_divided": alert_for_divided,
         }

@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import yaml
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "bundle.py"
 _spec = importlib.util.spec_from_file_location("bundle_filters", PLUGIN)
@@ -59,3 +61,35 @@ def test_group_hosts_skips_missing_groups_and_repeats() -> None:
         "worker2",
     ]
     assert bundle.group_hosts(["celery_beat"], groups) == []
+
+
+RULES = PLUGIN.parents[2] / "roles" / "prometheus" / "files" / "rules"
+
+
+@pytest.mark.parametrize("path", sorted(RULES.glob("*.yml")), ids=lambda p: p.name)
+def test_alert_for_divided_divides_every_for_and_keeps_the_rest(path: Path) -> None:
+    text = path.read_text()
+    assert bundle.alert_for_divided(text, 1) == text
+    divided = bundle.alert_for_divided(text, 4)
+    seconds = {"s": 1, "m": 60, "h": 3600}
+
+    def fors(t: str) -> list[Any]:
+        return [
+            rule.get("for")
+            for group in yaml.safe_load(t)["groups"]
+            for rule in group["rules"]
+            if "alert" in rule
+        ]
+
+    want = [
+        None if f is None else f"{max(1, int(f[:-1]) * seconds[f[-1]] // 4)}s" for f in fors(text)
+    ]
+    assert fors(divided) == want
+    # Only the for: lines differ (comments, expressions and annotations are kept).
+    changed = [a for a, b in zip(text.splitlines(), divided.splitlines(), strict=True) if a != b]
+    assert all(line.strip().startswith("for:") for line in changed), changed
+
+
+def test_alert_for_divided_refuses_a_divisor_below_one() -> None:
+    with pytest.raises(ValueError, match="1 or more"):
+        bundle.alert_for_divided("      for: 1m\n", 0)

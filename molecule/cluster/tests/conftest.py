@@ -53,13 +53,15 @@ def address_of(host: Any) -> str:
 
 
 def playbook_env() -> dict[str, str]:
-    """The environment of an ansible-playbook a test runs against the lab: the project's roles
-    and shared filters (as .config/molecule/config.yml gives Molecule's own runs), no colours."""
+    """The environment of an ansible-playbook a test runs against the lab: the project's roles,
+    shared filters and modules (as .config/molecule/config.yml gives Molecule's own runs), no
+    colours."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     return {
         **os.environ,
         "ANSIBLE_ROLES_PATH": f"{project}/roles",
         "ANSIBLE_FILTER_PLUGINS": f"{project}/plugins/filter",
+        "ANSIBLE_LIBRARY": f"{project}/plugins/modules",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }
