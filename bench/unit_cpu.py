@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Issue 14: where the CPU of a burst goes, unit by unit (the metrics units against the rest).
+
+    .venv/bin/python bench/unit_cpu.py [--lab bench] [--runs 2] [--kinds noop,mix] [--scale 1]
+
+The lab must be deployed (bench/converge.py --keep). Each run and kind: every unit's CPU on every
+host is read (from /proc: every process of its cgroup, and the children they reaped), one held
+burst runs through the deployed units (as bench/throughput.py's `systemd` mode), and the CPU is
+read again. Printed per unit: CPU ms in the burst, µs per task, cores used over the burst's wall
+time; then per group (workers, Redis, PostgreSQL, the metrics units, Flower, the rest) with medians
+over the runs, and the metrics units' CPU on the worker and data hosts against the workers' own.
+On this lab every host shares the same 2 cores: a metrics unit's CPU is CPU the workers do not
+get; on real servers only what runs on the worker and data hosts would be.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import common
+import throughput
+
+# Unit name patterns per group, the first match wins (systemctl list-units globs).
+GROUPS = {
+    "workers": ["celery-worker@*"],
+    "redis": ["redis-server*"],
+    "postgresql": ["postgresql@*"],
+    "celery-exporter": ["celery-exporter*"],
+    "prometheus": ["prometheus.service"],
+    "alertmanager": ["prometheus-alertmanager*"],
+    "node-exporter": ["prometheus-node-exporter*"],
+    "redis-exporter": ["prometheus-redis-exporter@*"],
+    "postgres-exporter": ["prometheus-postgres-exporter*"],
+    "flower": ["flower*"],
+    "beat": ["celery-beat*"],
+    "api": ["celery-api*"],
+}
+METRICS = (
+    "celery-exporter",
+    "prometheus",
+    "alertmanager",
+    "node-exporter",
+    "redis-exporter",
+    "postgres-exporter",
+)
+# Per active unit: its name, invocation and the CPU ticks (utime+stime, and the reaped children's
+# cutime+cstime) of every process in its cgroup. From /proc: this lab's hosts have cgroup v1
+# controllers (../shared/LAB-FACTS.md), where systemd keeps no CPUUsageNSec.
+READ = r"""
+for u in $(systemctl list-units --state=active --plain --no-legend --type=service {patterns} \
+           | awk '{{print $1}}'); do
+  cg=/sys/fs/cgroup/systemd$(systemctl show --property=ControlGroup --value "$u")
+  t=0
+  for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do
+    s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{{print $12+$13+$14+$15}}') && t=$((t+s))
+  done
+  echo "$u $(systemctl show --property=InvocationID --value "$u") $t"
+done
+"""
+TICK_NS = 10_000_000  # USER_HZ 100
+
+
+def read_cpu(lab: str) -> dict[tuple[str, str], tuple[str, int]]:
+    """(host, unit) -> (its invocation, CPU ns of it so far), for every unit of GROUPS active on
+    every host. A unit started again (the workers, by the burst) counts from 0 in a new
+    invocation."""
+    patterns = " ".join(f"'{p}'" for ps in GROUPS.values() for p in ps)
+    out: dict[tuple[str, str], tuple[str, int]] = {}
+    for host in throughput.every_host(lab):
+        for line in common.ssh(lab, host, READ.format(patterns=patterns)).splitlines():
+            unit, invocation, ticks = line.split()
+            out[host, unit] = (invocation, int(ticks) * TICK_NS)
+    return out
+
+
+def group_of(unit: str) -> str:
+    for name, patterns in GROUPS.items():
+        for p in patterns:
+            stem = p.rstrip("*")
+            if unit == p or (p.endswith("*") and unit.startswith(stem)):
+                return name
+    return "other"
+
+
+def main() -> None:
+    p = common.burst_parser(__doc__, "noop,mix")
+    a = p.parse_args()
+    common.ready_for_bursts(a.lab)
+    per_group: dict[tuple[str, str], list[float]] = {}
+    for run in range(1, min(a.runs, 10) + 1):
+        for kind in a.kinds.split(","):
+            count = int(throughput.COUNTS[kind] * a.scale)
+            before, t0 = read_cpu(a.lab), time.monotonic()
+            r = common.held_burst(a.lab, kind, count, throughput.UNITS_STOP, throughput.UNITS_START)
+            after, wall = read_cpu(a.lab), time.monotonic() - t0
+            groups: dict[str, float] = {}
+            metrics_off_ops1 = 0.0  # the metrics units' CPU on the worker and data hosts
+            for key, (invocation, ns) in after.items():
+                was, ns_before = before.get(key, ("", 0))
+                ms = (ns - (ns_before if was == invocation else 0)) / 1e6
+                name = group_of(key[1])
+                groups[name] = groups.get(name, 0.0) + ms
+                if name in METRICS and key[0] != "ops1":
+                    metrics_off_ops1 += ms
+            record = {
+                "bench": "unit_cpu",
+                "run": run,
+                "kind": kind,
+                "tasks": count,
+                "tasks_per_s": r["tasks_per_s"],
+                "wall_s": round(wall, 1),
+                "cpu_ms": {g: round(ms) for g, ms in sorted(groups.items())},
+                "us_per_task": {g: round(ms * 1000 / count) for g, ms in sorted(groups.items())},
+                "metrics_share": round(
+                    sum(groups.get(g, 0.0) for g in METRICS) / max(sum(groups.values()), 1e-9), 3
+                ),
+                # Against the workers' own CPU: what the metrics add where the tasks run and the
+                # broker lives (on real servers ops1's Prometheus and exporter use other CPUs).
+                "metrics_off_ops1_over_workers": round(
+                    metrics_off_ops1 / max(groups.get("workers", 0.0), 1e-9), 4
+                ),
+            }
+            common.emit(record)
+            for g, ms in groups.items():
+                per_group.setdefault((kind, g), []).append(ms * 1000 / count)
+            per_group.setdefault((kind, "metrics off ops1"), []).append(
+                metrics_off_ops1 * 1000 / count
+            )
+    summary = {
+        kind: {g: round(common.median(v)) for (k, g), v in sorted(per_group.items()) if k == kind}
+        for kind in a.kinds.split(",")
+    }
+    print(json.dumps({"bench": "unit_cpu-summary", "us_per_task_median": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
