@@ -191,6 +191,23 @@ def workers(name: str) -> list[str]:
     return [h for h in FLEETS[name][1] if h.startswith("worker")]
 
 
+def pin_hosts(name: str, cpus: dict[str, str]) -> None:
+    """Set the CPU affinity of every process of each named lab host (`taskset -a -cp`), e.g.
+    {"ops1": "1", "data1": "0"}; what they fork later inherits it. A host's processes are those of
+    its cgroup (lab/labkit/procs.py), read twice to catch a fork in between."""
+    sys.path.insert(0, str(REPO / "lab"))
+    from labkit.labs import Lab
+    from labkit.procs import cgroup_bases
+
+    lab = Lab(name)
+    for host, cpu in cpus.items():
+        top = cgroup_bases()[0] / "celery-bundle-lab" / lab.netns(host)
+        for _ in range(2):
+            pids = {pid for f in top.rglob("cgroup.procs") for pid in f.read_text().split()}
+            for pid in sorted(pids):  # a process gone meanwhile: taskset fails, nothing to do
+                subprocess.run(["taskset", "-a", "-cp", cpu, pid], capture_output=True, check=False)
+
+
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 3) if values else float("nan")
 

@@ -21,12 +21,15 @@ bench/variants/variant_app.py: every delivery counted in Redis, Celery's "receiv
 Ratio systemd/hand: target >= 0.95; systemd/systemd-nowatchdog: what the watchdog costs;
 systemd/systemd-nomonitoring: what the metrics cost (target >= 0.98); systemd/systemd-before: what
 issue 17's cuts gained.
-`--modes systemd,systemd-nomonitoring` runs only those.
+`--modes systemd,systemd-nomonitoring` runs only those. `--ops1-cpu 1` runs every process of ops1
+on CPU 1 and every other host's on the others for the whole run (as if ops1, with Prometheus and
+the Celery exporter, were a machine of its own), and gives every host every CPU back at the end.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import common
 
@@ -111,8 +114,14 @@ def every_host(lab: str) -> list[str]:
 def main() -> None:
     p = common.burst_parser(__doc__, "noop,probe,mix")
     p.add_argument("--modes", default=",".join(MODES), help="of: " + ",".join(MODES))
+    p.add_argument("--ops1-cpu", default="", help="ops1 on this CPU, the other hosts on the rest")
     a = p.parse_args()
     kinds = a.kinds.split(",")
+    cpus = os.cpu_count() or 1
+    if a.ops1_cpu:
+        rest = ",".join(str(c) for c in range(cpus) if str(c) != a.ops1_cpu)
+        pins = {h: (a.ops1_cpu if h == "ops1" else rest) for h in every_host(a.lab)}
+        common.pin_hosts(a.lab, pins)
     modes = {m: MODES[m] for m in a.modes.split(",")}
     common.ready_for_bursts(a.lab)
     if "systemd-before" in modes:
@@ -133,13 +142,16 @@ def main() -> None:
                             common.ssh(a.lab, host, after_all)
                     for host in common.workers(a.lab) if after else []:
                         common.ssh(a.lab, host, after)
-                    common.emit({"bench": "throughput", "run": run, "mode": mode, **r})
+                    record = {"bench": "throughput", "run": run, "mode": mode, **r}
+                    common.emit({**record, "ops1_cpu": a.ops1_cpu} if a.ops1_cpu else record)
                     rates.setdefault((kind, mode), []).append(r["tasks_per_s"])
     finally:
         for host in common.workers(a.lab):
             common.ssh(a.lab, host, HAND_STOP + UNJOURNAL + UNITS_START)
         for host in every_host(a.lab):
             common.ssh(a.lab, host, MONITORING_START)
+        if a.ops1_cpu:
+            common.pin_hosts(a.lab, {h: f"0-{cpus - 1}" for h in every_host(a.lab)})
     common.wait_nodes(a.lab)
     summary = {}
     for kind in kinds:

@@ -297,6 +297,6 @@ def test_no_secret_in_the_ansible_output(secrets: dict[str, str]) -> None:
     log = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
     text = log.read_text(errors="replace")
     # Converge ran and logged (the redis and app roles touched every secret).
-    assert "Render the app settings" in text and "PLAY RECAP" in text
+    assert "Write the app settings" in text and "PLAY RECAP" in text
     for key, value in secrets.items():
         assert value not in text, f"{key} in the Ansible output ({log})"
