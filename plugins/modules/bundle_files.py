@@ -4,9 +4,9 @@
 Why: on a converged host `copy` and `template` cost two remote Python runs per file (a stat, then
 `file` for the attributes), about 0.5 s each on the lab; a role with ten files pays ten seconds of
 a second `site.yml` to find that nothing changed. This module compares every file's content
-(SHA-256) and attributes in one run, writes only those that differ (atomically: a temporary file
-in the same directory, then rename) and says which paths changed, so that the caller restarts
-only what they belong to (`changed_paths`).
+(byte for byte) and attributes in one run, writes only those that differ (atomically: a
+temporary file in the same directory, then rename) and says which paths changed, so that the
+caller restarts only what they belong to (`changed_paths`).
 
 Content comes rendered from the controller (`lookup('template', ...)`, `lookup('file', ...)`).
 A file may name a `validate` command (`nft -c -f %s`): run on the new content, before it
@@ -17,7 +17,6 @@ are supported. Give the task `no_log: true` when a content is secret.
 from __future__ import annotations
 
 import grp
-import hashlib
 import os
 import pwd
 import stat
@@ -101,8 +100,19 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _attributes_differ(st: os.stat_result, uid: int, gid: int, mode: int) -> bool:
-    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (uid, gid, mode)
+def _set_attributes(path: str, uid_gid: tuple[int, int], mode: int) -> None:
+    os.chown(path, *uid_gid)
+    os.chmod(path, mode)
+
+
+def _settle(path: str, uid_gid: tuple[int, int], mode: int, check: bool) -> bool:
+    """Owner, group and mode of a path that exists; True when they differed (and were set)."""
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (*uid_gid, mode):
+        return False
+    if not check:
+        _set_attributes(path, uid_gid, mode)
+    return True
 
 
 def apply(
@@ -113,29 +123,18 @@ def apply(
     if not os.path.isabs(path):
         raise ValueError(f"{path}: the path must be absolute")
     if entry["state"] == "directory":
-        if not os.path.isdir(path):
-            if not check:
-                os.makedirs(path, exist_ok=True)
-                os.chown(path, *uid_gid)
-                os.chmod(path, mode)
-            return True
-        if _attributes_differ(os.stat(path), *uid_gid, mode):
-            if not check:
-                os.chown(path, *uid_gid)
-                os.chmod(path, mode)
-            return True
-        return False
+        if os.path.isdir(path):
+            return _settle(path, uid_gid, mode, check)
+        if not check:
+            os.makedirs(path, exist_ok=True)
+            _set_attributes(path, uid_gid, mode)
+        return True
     if entry.get("content") is None:
         raise ValueError(f"{path}: a file needs its content")
     new = entry["content"].encode()
     old = _read(path)
-    if old is not None and hashlib.sha256(old).digest() == hashlib.sha256(new).digest():
-        if not _attributes_differ(os.stat(path), *uid_gid, mode):
-            return False
-        if not check:
-            os.chown(path, *uid_gid)
-            os.chmod(path, mode)
-        return True
+    if old == new:
+        return _settle(path, uid_gid, mode, check)
     diffs.append(
         {
             "before_header": path,
@@ -152,8 +151,7 @@ def apply(
                 f.write(new)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chown(tmp, *uid_gid)
-            os.chmod(tmp, mode)
+            _set_attributes(tmp, uid_gid, mode)
             if entry.get("validate"):
                 _validate(module, entry["validate"], tmp, path)
             os.replace(tmp, path)
