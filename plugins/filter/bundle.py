@@ -16,6 +16,11 @@ Molecule's ANSIBLE_FILTER_PLUGINS, .config/molecule/config.yml).
 - `alert_for_divided`: the text of a Prometheus rules file with every `for:` divided by an integer
   (in whole seconds, at least 1 s), the rest of the text (comments included) unchanged; 1 returns
   it as it is. The lab's tests wait for alerts a quarter as long (prometheus_alert_for_divisor).
+- `host_state`: the preflight's one read of a host (packages, accounts, units) as
+  `{packages: [...], accounts: {name: {group, home, shell}}, units: {name: {active, enabled}}}`.
+  A role skips its apt, user or start step when the host is already as it wants it.
+- `units_up` / `units_enabled` / `units_masked`: whether the named units were all active and
+  enabled / enabled / masked and stopped at that read (False without it: the step runs).
 """
 
 from __future__ import annotations
@@ -89,6 +94,76 @@ def alert_for_divided(rules: str, divisor: Any) -> str:
     return rules if int(divisor) == 1 else _FOR.sub(divided, rules)
 
 
+def host_state(text: str) -> dict[str, Any]:
+    """The preflight's one read of a host (playbooks/preflight.yml): sections that start with a
+    `#name` line: `#dpkg` (dpkg-query's `${db:Status-Abbrev}${Package}` lines), `#passwd` and
+    `#group` (getent), `#units` (`systemctl show --all -p Id,ActiveState,UnitFileState '*'`:
+    every loaded unit, instances and masked units included)."""
+    sections: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            lines = sections.setdefault(line[1:].strip(), [])
+        else:
+            lines.append(line)
+    fields = {
+        key: [line.split(":") for line in sections.get(key, [])] for key in ("passwd", "group")
+    }
+    group_names = {f[2]: f[0] for f in fields["group"] if len(f) > 2}
+    units: dict[str, dict[str, str]] = {}
+    unit: dict[str, str] = {}
+    for line in [*sections.get("units", []), ""]:
+        if line.strip():
+            key, _, value = line.partition("=")
+            unit[key] = value
+        elif unit.get("Id"):
+            units[unit["Id"]] = {
+                "active": unit.get("ActiveState", ""),
+                "enabled": unit.get("UnitFileState", ""),
+            }
+            unit = {}
+    return {
+        "packages": [
+            line[3:].strip() for line in sections.get("dpkg", []) if line.startswith("ii ")
+        ],
+        "accounts": {
+            f[0]: {"group": group_names.get(f[3], f[3]), "home": f[5], "shell": f[6]}
+            for f in fields["passwd"]
+            if len(f) == 7
+        },
+        "units": units,
+    }
+
+
+def _unit(units: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+    """A unit of the read by its name as systemctl takes it (`redis-server` is a .service)."""
+    return (units or {}).get(name if "." in name else f"{name}.service") or {}
+
+
+def units_up(names: list[str], units: Mapping[str, Any] | None) -> bool:
+    """Whether every named unit was active and enabled when the preflight read the host: its
+    role's start step (no restart due) has nothing to do. Without the read, False."""
+    return bool(units) and all(
+        _unit(units, name).get("active") == "active"
+        and _unit(units, name).get("enabled") == "enabled"
+        for name in names
+    )
+
+
+def units_enabled(names: list[str], units: Mapping[str, Any] | None) -> bool:
+    """Whether every named unit was enabled at the preflight's read (running or not)."""
+    return bool(units) and all(_unit(units, name).get("enabled") == "enabled" for name in names)
+
+
+def units_masked(names: list[str], units: Mapping[str, Any] | None) -> bool:
+    """Whether every named unit was masked and not active at the preflight's read."""
+    return bool(units) and all(
+        _unit(units, name).get("enabled") == "masked"
+        and _unit(units, name).get("active") != "active"
+        for name in names
+    )
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -98,4 +173,8 @@ class FilterModule:
             "url_quote": url_quote,
             "bundle_entries": bundle_entries,
             "alert_for_divided": alert_for_divided,
+            "host_state": host_state,
+            "units_up": units_up,
+            "units_masked": units_masked,
+            "units_enabled": units_enabled,
         }

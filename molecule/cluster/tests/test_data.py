@@ -3,10 +3,12 @@ cluster address."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from typing import Any
 
-from conftest import address_of, app_python, other_host
+from conftest import address_of, app_python, other_host, playbook_env
 from reliability import all_nodes
 
 testinfra_hosts = ["data1"]
@@ -112,3 +114,81 @@ def test_the_tasks_role_owns_nothing_and_may_not_change_the_schema(host: Any) ->
         "TRUNCATE quotes": "permission denied for table quotes",
         "SET ROLE app_owner": 'permission denied to set role "app_owner"',
     }, refused
+
+
+TAMPER = (
+    "REVOKE DELETE ON quotes FROM app; GRANT CREATE ON SCHEMA public TO PUBLIC; "
+    "ALTER ROLE app SET statement_timeout = 0; ALTER ROLE app_migrator INHERIT"
+)
+TAMPERED = """SELECT has_table_privilege('app', 'quotes', 'DELETE'),
+  has_schema_privilege('public', 'public', 'CREATE'),
+  (SELECT setconfig::text FROM pg_db_role_setting
+    WHERE setrole = 'app'::regrole AND setdatabase = 0),
+  (SELECT rolinherit FROM pg_roles WHERE rolname = 'app_migrator')"""
+REPAIR = (
+    "GRANT DELETE ON quotes TO app; REVOKE CREATE ON SCHEMA public FROM PUBLIC; "
+    "ALTER ROLE app SET statement_timeout = '5min'; ALTER ROLE app_migrator NOINHERIT"
+)
+
+
+def test_what_was_changed_by_hand_is_put_back(host: Any) -> None:
+    """A second site.yml reads each host once (packages, accounts, units: playbooks/preflight.yml)
+    and the database once (roles/postgresql/tasks/database_check.yml), and acts only where they
+    differ from the inventory. What an operator changed by hand is still found and put back: a
+    revoked grant, the schema opened to PUBLIC, a role setting and a role flag; a disabled
+    exporter, the package's own exporter unit unmasked, the prometheus account given a shell."""
+    psql = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app -c "
+    units = (
+        "systemctl is-enabled prometheus-node-exporter.service prometheus-redis-exporter.service"
+        " || true; getent passwd prometheus | cut -d: -f7"
+    )
+
+    def state() -> tuple[str, str]:
+        return host.check_output(psql + f'"{TAMPERED}"'), host.check_output(units)
+
+    healthy = state()
+    assert healthy[1].split() == ["enabled", "masked", "/usr/sbin/nologin"], healthy
+    host.check_output(psql + f'"{TAMPER}"')
+    host.check_output(
+        "systemctl disable --quiet prometheus-node-exporter.service"
+        " && systemctl unmask --quiet prometheus-redis-exporter.service"
+        " && usermod -s /bin/bash prometheus"
+    )
+    try:
+        assert state()[0] != healthy[0] and state()[1] != healthy[1]
+        project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+        run = subprocess.run(
+            [
+                "ansible-playbook",
+                "-i",
+                os.environ["MOLECULE_INVENTORY_FILE"],
+                "-v",
+                f"{project}/site.yml",
+                "--tags",
+                "postgresql_database,monitoring",
+            ],
+            cwd=project,
+            env=playbook_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, output[-4000:]
+        for found in (
+            "lack the rights of app",
+            "PUBLIC may still CREATE",
+            "statement_timeout",
+            "role app_migrator: inherit is True",
+        ):
+            assert found in output, (found, output[-4000:])
+        assert state() == healthy, output[-4000:]
+    finally:
+        if state()[0] != healthy[0]:
+            host.check_output(psql + f'"{REPAIR}"')
+        host.check_output(
+            "systemctl enable --quiet prometheus-node-exporter.service"
+            " && systemctl mask --quiet prometheus-redis-exporter.service"
+            " && usermod -s /usr/sbin/nologin prometheus"
+        )

@@ -1,0 +1,86 @@
+"""The preflight's one read of a host (plugins/filter/bundle.py: host_state, units_up,
+units_enabled, units_masked), on the output its command prints (playbooks/preflight.yml). The
+cluster test test_what_was_changed_by_hand_is_put_back runs it against the lab's hosts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "bundle.py"
+_spec = importlib.util.spec_from_file_location("bundle_filters", PLUGIN)
+assert _spec and _spec.loader
+bundle = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bundle)
+
+READ = """#dpkg
+ii redis-server
+rc old-package
+ii prometheus-node-exporter
+#passwd
+root:x:0:0:root:/root:/bin/bash
+celery:x:999:997::/var/lib/celery:/usr/sbin/nologin
+prometheus:x:998:996:Prometheus:/var/lib/prometheus:/usr/sbin/nologin
+#group
+root:x:0:
+celery:x:997:
+prometheus:x:996:
+#units
+Id=redis-server.service
+ActiveState=active
+UnitFileState=enabled
+
+Id=redis-server@results.service
+ActiveState=failed
+UnitFileState=enabled
+
+Id=nftables.service
+ActiveState=inactive
+UnitFileState=enabled
+
+Id=prometheus-redis-exporter.service
+ActiveState=inactive
+UnitFileState=masked
+
+Id=celery-workers.target
+ActiveState=active
+UnitFileState=disabled
+"""
+
+
+def test_packages_installed_only() -> None:
+    assert bundle.host_state(READ)["packages"] == ["redis-server", "prometheus-node-exporter"]
+
+
+def test_accounts_with_their_primary_group_by_name() -> None:
+    accounts = bundle.host_state(READ)["accounts"]
+    assert accounts["celery"] == {
+        "group": "celery",
+        "home": "/var/lib/celery",
+        "shell": "/usr/sbin/nologin",
+    }
+    assert set(accounts) == {"root", "celery", "prometheus"}
+
+
+def test_units_up_only_when_active_and_enabled() -> None:
+    units = bundle.host_state(READ)["units"]
+    assert bundle.units_up(["redis-server"], units)  # a bare name is a .service
+    assert bundle.units_up(["redis-server.service"], units)
+    assert not bundle.units_up(["redis-server", "redis-server@results"], units)  # failed
+    assert not bundle.units_up(["nftables.service"], units)  # enabled, not running
+    assert not bundle.units_up(["celery-workers.target"], units)  # running, not enabled
+    assert not bundle.units_up(["absent.service"], units)
+    assert not bundle.units_up(["redis-server"], None)  # no read: the step runs
+
+
+def test_units_enabled_and_masked() -> None:
+    units = bundle.host_state(READ)["units"]
+    assert bundle.units_enabled(["nftables.service"], units)
+    assert not bundle.units_enabled(["celery-workers.target"], units)
+    assert bundle.units_masked(["prometheus-redis-exporter.service"], units)
+    assert not bundle.units_masked(["nftables.service"], units)
+    assert not bundle.units_masked(["prometheus-redis-exporter.service"], None)
+
+
+def test_an_empty_read_finds_nothing() -> None:
+    assert bundle.host_state("") == {"packages": [], "accounts": {}, "units": {}}

@@ -1,0 +1,145 @@
+"""The postgresql role's filters (plugins/filter/postgresql.py): SCRAM verifiers made by libpq
+itself (psycopg's binding of PQencryptPasswordConn), and the comparison the role skips its
+database steps on. The cluster test test_a_database_changed_by_hand_is_put_back runs both
+against the lab's PostgreSQL."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg import pq
+
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "postgresql.py"
+_spec = importlib.util.spec_from_file_location("postgresql_filters", PLUGIN)
+assert _spec and _spec.loader
+pg = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pg)
+
+
+def libpq_verifier(password: str) -> str:
+    conn = pq.PGconn.connect_start(b"host=/nonexistent")  # never connects: libpq hashes locally
+    return conn.encrypt_password(password.encode(), b"app", b"scram-sha-256").decode()
+
+
+@pytest.mark.parametrize("password", ["secret", "a" * 64, "p@ss:w/rd%$", " spaced "])
+def test_scram_matches_the_password_libpq_hashed(password: str) -> None:
+    verifier = libpq_verifier(password)
+    assert pg.scram_sha256_matches(verifier, password)
+    assert not pg.scram_sha256_matches(verifier, password + "x")
+
+
+@pytest.mark.parametrize(
+    "verifier", [None, "", "md5" + "0" * 32, "SCRAM-SHA-256$4096:!!$x:y", "plain text"]
+)
+def test_scram_never_matches_anything_else(verifier: Any) -> None:
+    assert not pg.scram_sha256_matches(verifier, "secret")
+
+
+def test_role_attr_flags() -> None:
+    flags = {"login": True, "inherit": False, "superuser": False}
+    assert pg.postgresql_role_attr_flags(flags) == "LOGIN,NOINHERIT,NOSUPERUSER"
+
+
+FLAGS = {
+    "login": True,
+    "superuser": False,
+    "createdb": False,
+    "createrole": False,
+    "replication": False,
+    "bypassrls": False,
+}
+EXPECTED: dict[str, Any] = {
+    "name": "app",
+    "app": "app",
+    "roles": {
+        "app_owner": {"flags": {**FLAGS, "login": False}},
+        "app": {"flags": FLAGS, "password": "tasks-pw", "config": {"lock_timeout": "30s"}},
+        "app_migrator": {"flags": {**FLAGS, "inherit": False}, "password": "migrations-pw"},
+    },
+    "members": [["app_owner", "app_migrator"]],
+    "database": {"owner": "app_owner", "encoding": "UTF8", "connect": ["app", "app_migrator"]},
+    "default_privs": {"tables": ["SELECT", "DELETE"], "sequences": ["USAGE"]},
+}
+
+
+def role(flags: dict[str, bool], password: str | None = None, config: Any = None) -> Any:
+    have = {**{name: False for name in pg._FLAGS}, "inherit": True, **flags}
+    return {**have, "password": password and libpq_verifier(password), "config": config}
+
+
+def in_order() -> dict[str, Any]:
+    """A query row as the lab's server gives it when nothing differs."""
+    row = {
+        "roles": {
+            "app_owner": role({"login": False}),
+            "app": role({"login": True}, "tasks-pw", ["lock_timeout=30s"]),
+            "app_migrator": role({"login": True, "inherit": False}, "migrations-pw"),
+        },
+        "members": [["app_owner", "app_migrator"]],
+        "database": {
+            "owner": "app_owner",
+            "encoding": "UTF8",
+            "connect": ["app", "app_migrator", "app_owner"],
+        },
+        "database_public": None,
+        "schema_public": ["USAGE"],
+        "app_owns": 0,
+        "tables_short": 0,
+        "sequences_short": 0,
+        "default_privs": {
+            "tables": ["INSERT", "SELECT", "UPDATE", "DELETE"],
+            "sequences": ["SELECT", "USAGE"],
+        },
+    }
+    return {"query_result": [row], "failed": False}
+
+
+def test_nothing_differs() -> None:
+    assert pg.postgresql_drift(in_order(), EXPECTED) == []
+
+
+def changed(path: list[Any], value: Any) -> dict[str, Any]:
+    result = copy.deepcopy(in_order())
+    node = result["query_result"][0]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return result
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (["roles", "app"], None, "role app: missing"),
+        (["roles", "app", "password"], libpq_verifier("old"), "role app: password differs"),
+        (["roles", "app", "password"], "md5" + "0" * 32, "role app: password differs"),
+        (["roles", "app", "config"], None, "role app: settings are []"),
+        (["roles", "app_migrator", "inherit"], True, "role app_migrator: inherit is True"),
+        (["roles", "app_owner", "login"], True, "role app_owner: login is True"),
+        (["roles", "app", "superuser"], True, "role app: superuser is True"),
+        (["members"], [], "role app_migrator is not a member of app_owner"),
+        (["database"], None, "database app: owner is None"),
+        (["database", "connect"], ["app_owner"], "database app: connect"),
+        (["database_public"], "CONNECT,TEMPORARY", "PUBLIC may still CONNECT,TEMPORARY"),
+        (["schema_public"], ["CREATE", "USAGE"], "PUBLIC may still CREATE"),
+        (["app_owns"], 3, "role app still owns 3 objects"),
+        (["tables_short"], 2, "2 tables lack the rights of app"),
+        (["sequences_short"], 1, "1 sequences lack the rights of app"),
+        (["default_privs"], None, "default privileges (tables)"),
+        (["default_privs", "sequences"], ["SELECT"], "default privileges (sequences)"),
+    ],
+)
+def test_each_difference_is_named(path: list[Any], value: Any, named: str) -> None:
+    found = pg.postgresql_drift(changed(path, value), EXPECTED)
+    assert any(line.startswith(named) for line in found), found
+
+
+def test_a_server_that_could_not_be_read_differs() -> None:
+    failed = {"failed": True, "msg": 'database "app" does not exist\nmore'}
+    assert pg.postgresql_drift(failed, EXPECTED) == [
+        'the server could not be read: database "app" does not exist'
+    ]
