@@ -16,8 +16,9 @@ Molecule's ANSIBLE_FILTER_PLUGINS, .config/molecule/config.yml).
 - `alert_for_divided`: the text of a Prometheus rules file with every `for:` divided by an integer
   (in whole seconds, at least 1 s), the rest of the text (comments included) unchanged; 1 returns
   it as it is. The lab's tests wait for alerts a quarter as long (prometheus_alert_for_divisor).
-- `host_state`: the preflight's one read of a host (packages, accounts, units) as
-  `{packages: [...], accounts: {name: {group, home, shell}}, units: {name: {active, enabled}}}`.
+- `host_state`: the preflight's one read of a host (packages, accounts, units, nftables' tables)
+  as `{packages: [...], accounts: {name: {group, home, shell}}, units: {name: {active, enabled}},
+  nft_tables: ['table inet firewall', ...]}`.
   A role skips its apt, user or start step when the host is already as it wants it.
 - `units_up` / `units_enabled` / `units_masked`: whether the named units were all active and
   enabled / enabled / masked and stopped at that read (False without it: the step runs).
@@ -98,7 +99,7 @@ def host_state(text: str) -> dict[str, Any]:
     """The preflight's one read of a host (playbooks/preflight.yml): sections that start with a
     `#name` line: `#dpkg` (dpkg-query's `${db:Status-Abbrev}${Package}` lines), `#passwd` and
     `#group` (getent), `#units` (`systemctl show --all -p Id,ActiveState,UnitFileState '*'`:
-    every loaded unit, instances and masked units included)."""
+    every loaded unit, instances and masked units included), `#nft` (`nft list tables`)."""
     sections: dict[str, list[str]] = {}
     lines: list[str] = []
     for line in text.splitlines():
@@ -132,6 +133,7 @@ def host_state(text: str) -> dict[str, Any]:
             if len(f) == 7
         },
         "units": units,
+        "nft_tables": [line.strip() for line in sections.get("nft", []) if line.strip()],
     }
 
 

@@ -45,6 +45,9 @@ UnitFileState=masked
 Id=celery-workers.target
 ActiveState=active
 UnitFileState=disabled
+
+#nft
+table inet firewall
 """
 
 
@@ -83,4 +86,8 @@ def test_units_enabled_and_masked() -> None:
 
 
 def test_an_empty_read_finds_nothing() -> None:
-    assert bundle.host_state("") == {"packages": [], "accounts": {}, "units": {}}
+    assert bundle.host_state("") == {"packages": [], "accounts": {}, "units": {}, "nft_tables": []}
+
+
+def test_nft_tables() -> None:
+    assert bundle.host_state(READ)["nft_tables"] == ["table inet firewall"]
