@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,28 @@ def playbook_env() -> dict[str, str]:
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }
+
+
+def run_playbook(playbook: str, *args: str, timeout: int = 900) -> Any:
+    """`ansible-playbook` on a playbook of the project (a path inside it) against the scenario's
+    inventory, as an operator would, with the project's environment; not checked: the caller
+    reads returncode, stdout and stderr."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            *args,
+            f"{project}/{playbook}",
+        ],
+        cwd=project,
+        env=playbook_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def address(name: str) -> str:

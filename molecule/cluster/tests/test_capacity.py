@@ -8,13 +8,11 @@ connection slots are reserved" (seen in bench/tuning.py, docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import playbook_env
+from conftest import run_playbook
 
 testinfra_hosts = ["worker1"]
 
@@ -35,25 +33,9 @@ def test_workers_play_refuses_instances_postgresql_cannot_serve(host: Any, tmp_p
     settings = "/etc/celery/worker-pricing.env"
     before = host.file(settings).sha256sum
     pid_before = host.service("celery-worker@pricing").systemd_properties["MainPID"]
-    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     extra = tmp_path / "instances.json"
     extra.write_text(json.dumps({"celery_worker_instances": TOO_MANY}))
-    run = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            f"{project}/playbooks/workers.yml",
-            "-e",
-            f"@{extra}",
-        ],
-        cwd=project,
-        env=playbook_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    run = run_playbook("playbooks/workers.yml", "-e", f"@{extra}", timeout=600)
     output = run.stdout + run.stderr
     assert run.returncode != 0, output[-4000:]
     assert "runs with max_connections=" in output, output[-4000:]

@@ -3,12 +3,10 @@ cluster address."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from typing import Any
 
-from conftest import address_of, app_python, other_host, playbook_env
+from conftest import address_of, app_python, other_host, run_playbook
 from reliability import all_nodes
 
 testinfra_hosts = ["data1"]
@@ -156,24 +154,7 @@ def test_what_was_changed_by_hand_is_put_back(host: Any) -> None:
     )
     try:
         assert state()[0] != healthy[0] and state()[1] != healthy[1]
-        project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-        run = subprocess.run(
-            [
-                "ansible-playbook",
-                "-i",
-                os.environ["MOLECULE_INVENTORY_FILE"],
-                "-v",
-                f"{project}/site.yml",
-                "--tags",
-                "postgresql_database,monitoring",
-            ],
-            cwd=project,
-            env=playbook_env(),
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
+        run = run_playbook("site.yml", "-v", "--tags", "postgresql_database,monitoring")
         output = run.stdout + run.stderr
         assert run.returncode == 0, output[-4000:]
         for found in (
