@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AS_CELERY, QUEUES, app_python, other_host, playbook_env
+from conftest import AS_CELERY, QUEUES, app_python, hostvars, other_host, playbook_env
 from reliability import (
     FIGURES,
     INSTANCES,
@@ -36,6 +36,7 @@ from reliability import (
     main_pid,
     missing_probes,
     new_prefix,
+    probes,
     queued_probes,
     send,
     send_many,
@@ -274,13 +275,27 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
     wait_healthy("worker2")
     print(f"RELIABILITY lock of a cut-off worker freed after {freed.get('seconds')} s")
     assert freed.get("free") and freed["seconds"] <= LOCK_FREED_WITHIN, freed
-    assert c["duplicated"] == 0, c
-    # The known window (docs/RELIABILITY.md, "A worker host cut off"): a message that a BRPOP of
-    # worker2 took as the cable went is in neither the queue nor unacked; one per consumer
-    # connection of worker2 (3 instances) at most. More is a regression.
+    # The known windows (docs/RELIABILITY.md, "A worker host cut off"):
+    # - run twice: a task of worker2 that committed as the cable went, its ack never reaching
+    #   Redis, comes back from unacked after the visibility timeout and runs again on worker1
+    #   (at least once, acks_late; the app's tasks are idempotent). One per pool slot of worker2
+    #   at most, as for a Redis crash (test_selfheal.py);
+    # - lost: a message that a BRPOP of worker2 took as the cable went is in neither the queue
+    #   nor unacked; one per consumer connection of worker2 (3 instances) at most.
+    # More of either is a regression; either at all is reported (xfail), never passed silently.
+    settings = hostvars(worker2)
+    slots = sum(
+        int({**settings["celery_worker_instance_defaults"], **i}["concurrency"])
+        for i in settings["celery_worker_instances"]
+    )
+    twice = [p for p in probes(ops1, prefix) if p["completions"] > 1]
+    assert c["duplicated"] <= slots, (c, twice)
     assert c["lost"] <= 3, c
-    if c["lost"]:
-        pytest.xfail(f"known loss window of a partition: {c['lost']} of {sent[0]} lost")
+    if c["lost"] or c["duplicated"]:
+        pytest.xfail(
+            f"known windows of a partition: {c['lost']} of {sent[0]} lost, "
+            f"{c['duplicated']} run twice {twice}"
+        )
 
 
 # Sampled on ops1 while a playbook rolls, about every 3 s (an inspect waits 2 s for replies):
