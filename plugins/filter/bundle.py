@@ -22,12 +22,13 @@ Molecule's ANSIBLE_FILTER_PLUGINS, .config/molecule/config.yml).
   A role skips its apt, user or start step when the host is already as it wants it.
 - `units_up` / `units_enabled` / `units_masked`: whether the named units were all active and
   enabled / enabled / masked and stopped at that read (False without it: the step runs).
+- `account_is`: whether that read found an account with the given home, shell (and group).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -96,8 +97,8 @@ def alert_for_divided(rules: str, divisor: Any) -> str:
 
 
 def host_state(text: str) -> dict[str, Any]:
-    """The preflight's one read of a host (playbooks/preflight.yml): sections that start with a
-    `#name` line: `#dpkg` (dpkg-query's `${db:Status-Abbrev}${Package}` lines), `#passwd` and
+    """The preflight's one read of a host (playbooks/tasks/host_state.yml): sections that start
+    with a `#name` line: `#dpkg` (dpkg-query's `${db:Status-Abbrev}${Package}` lines), `#passwd` and
     `#group` (getent), `#units` (`systemctl show --all -p Id,ActiveState,UnitFileState '*'`:
     every loaded unit, instances and masked units included), `#nft` (`nft list tables`)."""
     sections: dict[str, list[str]] = {}
@@ -137,33 +138,44 @@ def host_state(text: str) -> dict[str, Any]:
     }
 
 
-def _unit(units: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
-    """A unit of the read by its name as systemctl takes it (`redis-server` is a .service)."""
-    return (units or {}).get(name if "." in name else f"{name}.service") or {}
+def _every_unit(
+    names: list[str], units: Mapping[str, Any] | None, test: Callable[[str, str], bool]
+) -> bool:
+    """Whether `test(active, enabled)` holds for every named unit of the read (a bare name is a
+    .service, as systemctl takes it). Without the read, False: the step runs."""
+
+    def state(name: str) -> Mapping[str, Any]:
+        return (units or {}).get(name if "." in name else f"{name}.service") or {}
+
+    return bool(units) and all(
+        test(state(name).get("active", ""), state(name).get("enabled", "")) for name in names
+    )
 
 
 def units_up(names: list[str], units: Mapping[str, Any] | None) -> bool:
-    """Whether every named unit was active and enabled when the preflight read the host: its
-    role's start step (no restart due) has nothing to do. Without the read, False."""
-    return bool(units) and all(
-        _unit(units, name).get("active") == "active"
-        and _unit(units, name).get("enabled") == "enabled"
-        for name in names
+    """Every named unit active and enabled: its role's start step (no restart due) is done."""
+    return _every_unit(
+        names, units, lambda active, enabled: (active, enabled) == ("active", "enabled")
     )
 
 
 def units_enabled(names: list[str], units: Mapping[str, Any] | None) -> bool:
-    """Whether every named unit was enabled at the preflight's read (running or not)."""
-    return bool(units) and all(_unit(units, name).get("enabled") == "enabled" for name in names)
+    """Every named unit enabled (running or not)."""
+    return _every_unit(names, units, lambda _active, enabled: enabled == "enabled")
 
 
 def units_masked(names: list[str], units: Mapping[str, Any] | None) -> bool:
-    """Whether every named unit was masked and not active at the preflight's read."""
-    return bool(units) and all(
-        _unit(units, name).get("enabled") == "masked"
-        and _unit(units, name).get("active") != "active"
-        for name in names
+    """Every named unit masked and not active."""
+    return _every_unit(
+        names, units, lambda active, enabled: enabled == "masked" and active != "active"
     )
+
+
+def account_is(accounts: Mapping[str, Any] | None, name: str, want: Mapping[str, str]) -> bool:
+    """Whether the read found account `name` with every field of `want` (home, shell, group) as
+    given: its role's user step is done. Without the read, False: the step runs."""
+    found = (accounts or {}).get(name)
+    return found is not None and all(found.get(key) == value for key, value in want.items())
 
 
 class FilterModule:
@@ -179,4 +191,5 @@ class FilterModule:
             "units_up": units_up,
             "units_masked": units_masked,
             "units_enabled": units_enabled,
+            "account_is": account_is,
         }

@@ -85,6 +85,16 @@ def test_units_enabled_and_masked() -> None:
     assert not bundle.units_masked(["prometheus-redis-exporter.service"], None)
 
 
+def test_account_is_every_field_given() -> None:
+    accounts = bundle.host_state(READ)["accounts"]
+    want = {"group": "celery", "home": "/var/lib/celery", "shell": "/usr/sbin/nologin"}
+    assert bundle.account_is(accounts, "celery", want)
+    assert bundle.account_is(accounts, "prometheus", {"shell": "/usr/sbin/nologin"})
+    assert not bundle.account_is(accounts, "celery", {**want, "shell": "/bin/bash"})
+    assert not bundle.account_is(accounts, "absent", {"shell": "/usr/sbin/nologin"})
+    assert not bundle.account_is(None, "celery", want)  # no read: the step runs
+
+
 def test_an_empty_read_finds_nothing() -> None:
     assert bundle.host_state("") == {"packages": [], "accounts": {}, "units": {}, "nft_tables": []}
 
