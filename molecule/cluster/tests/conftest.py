@@ -28,6 +28,13 @@ AS_CELERY = (
 )
 
 
+# Every running instance's `inspect stats` (pool size, broker, ...) by node name, as JSON.
+INSPECT_STATS = (
+    "import json; from app.celery_app import celery_app; "
+    "print(json.dumps(celery_app.control.inspect(timeout=10).stats() or {}))"
+)
+
+
 def app_python(host: Any, code: str, timeout: int = 180) -> Any:
     """Run Python code in the app's virtualenv on `host`; its stdout parsed as JSON."""
     cmd = f"timeout {timeout} {AS_CELERY} /opt/celery/current/bin/python -c {shlex.quote(code)}"

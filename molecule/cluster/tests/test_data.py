@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conftest import address_of, app_python, other_host, run_playbook
+from conftest import INSPECT_STATS, address_of, app_python, other_host, run_playbook
 from reliability import all_nodes
 
 testinfra_hosts = ["data1"]
@@ -25,11 +25,7 @@ def test_postgresql_sized_for_the_pool_processes_the_workers_start(host: Any) ->
     equals the pool processes the running instances report to Celery's `inspect stats`."""
     conf = host.file("/etc/postgresql/15/main/conf.d/50-bundle.conf").content_string
     sized = int(re.search(r"^# (\d+) worker pool processes", conf, re.MULTILINE).group(1))
-    code = (
-        "import json; from app.celery_app import celery_app; "
-        "print(json.dumps(celery_app.control.inspect(timeout=10).stats() or {}))"
-    )
-    stats = app_python(other_host("ops1"), code)
+    stats = app_python(other_host("ops1"), INSPECT_STATS)
     assert sorted(stats) == sorted(all_nodes()), sorted(stats)
     started = sum(int(s["pool"]["max-concurrency"]) for s in stats.values())
     assert sized == started, (sized, {n: s["pool"]["max-concurrency"] for n, s in stats.items()})

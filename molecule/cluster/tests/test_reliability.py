@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AS_CELERY, QUEUES, app_python, hostvars, other_host, playbook_env
+from conftest import AS_CELERY, INSPECT_STATS, QUEUES, app_python, other_host, playbook_env
 from reliability import (
     FIGURES,
     INSTANCES,
@@ -283,11 +283,9 @@ def test_worker_host_cut_off(cluster_restored: Any) -> None:
     # - lost: a message that a BRPOP of worker2 took as the cable went is in neither the queue
     #   nor unacked; one per consumer connection of worker2 (3 instances) at most.
     # More of either is a regression; either at all is reported (xfail), never passed silently.
-    settings = hostvars(worker2)
-    slots = sum(
-        int({**settings["celery_worker_instance_defaults"], **i}["concurrency"])
-        for i in settings["celery_worker_instances"]
-    )
+    stats = app_python(ops1, INSPECT_STATS)
+    slots = sum(int(s["pool"]["max-concurrency"]) for n, s in stats.items() if "@worker2" in n)
+    assert slots > 0, sorted(stats)
     twice = [p for p in probes(ops1, prefix) if p["completions"] > 1]
     assert c["duplicated"] <= slots, (c, twice)
     assert c["lost"] <= 3, c
