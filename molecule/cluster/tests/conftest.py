@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -97,8 +98,10 @@ def run_playbook(playbook: str, *args: str, timeout: int = 900) -> Any:
     )
 
 
+@functools.cache
 def address(name: str) -> str:
-    """The cluster address of the inventory's host `name`."""
+    """The cluster address of the inventory's host `name` (fixed for the lab's life: asked once,
+    where a test's loop would otherwise make an SSH round trip per line it reads)."""
     return address_of(other_host(name))
 
 
