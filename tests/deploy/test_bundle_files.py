@@ -11,30 +11,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from adhoc import ROOT, run_module
 
 
 def run(files: list[dict[str, Any]], *flags: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            str(ROOT / ".venv/bin/ansible"),
-            "localhost",
-            "-m",
-            "bundle_files",
-            "-a",
-            json.dumps({"files": files}),
-            "-o",
-            *flags,
-        ],
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    # one line: "localhost | CHANGED => {...}" (or SUCCESS / FAILED!), --diff's lines before it
-    line = next(x for x in out.stdout.splitlines() if x.startswith("localhost |"))
-    return dict(json.loads(line.split("=>", 1)[1]), status=line.split()[2])
+    return run_module("bundle_files", {"files": files}, *flags)
 
 
 def entries(tmp_path: Path, content: str = "a=1\n", mode: str = "0640") -> list[dict[str, Any]]:

@@ -4,35 +4,16 @@ by openssl itself (chain, names, usages), the key kept across a re-sign, and a b
 
 from __future__ import annotations
 
-import json
-import os
 import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from adhoc import run_module
 
 
 def run(**args: Any) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            str(ROOT / ".venv/bin/ansible"),
-            "localhost",
-            "-m",
-            "bundle_pki",
-            "-a",
-            json.dumps(args),
-            "-o",
-        ],
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    line = next(x for x in out.stdout.splitlines() if x.startswith("localhost |"))
-    return dict(json.loads(line.split("=>", 1)[1]), status=line.split()[2])
+    return run_module("bundle_pki", args)
 
 
 def openssl(*args: str) -> str:
