@@ -153,14 +153,25 @@ def test_a_first_delivery_costs_one_log_line_and_no_delivery_counter(alive: Any)
     results = [celery_app.send_task("ops.probe", [uuid.uuid4().hex]) for _ in range(5)]
     assert [r.get(timeout=60)["completions"] for r in results] == [1] * 5
     assert broker.info("commandstats").get("cmdstat_incr", {}).get("calls", 0) == incr_before
-    log = WORKER_FILE_LOG.read_text()
-    for r in results:
-        celery_lines = [
-            json.loads(line)["event"]
-            for line in log.splitlines()
-            if r.id in line and json.loads(line).get("logger", "").startswith("celery.")
-        ]
-        assert len(celery_lines) == 1 and "succeeded in" in celery_lines[0], celery_lines
+
+    def celery_lines() -> dict[str, list[str]] | None:
+        """Each task's lines from Celery's loggers; None until every task has one."""
+        log = WORKER_FILE_LOG.read_text().splitlines()
+        found = {
+            r.id: [
+                json.loads(line)["event"]
+                for line in log
+                if r.id in line and json.loads(line).get("logger", "").startswith("celery.")
+            ]
+            for r in results
+        }
+        return found if all(found.values()) else None
+
+    # Celery logs the outcome just after storing the result: wait for every task's line, then
+    # count (a second line would already be there: "received" comes before the task runs).
+    lines = wait_for(celery_lines, 10, "every task's outcome line")
+    for task_id, events in lines.items():
+        assert len(events) == 1 and "succeeded in" in events[0], (task_id, events)
 
 
 def test_final_failures_are_recorded_in_application_logs(alive: Any) -> None:
