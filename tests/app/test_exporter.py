@@ -34,6 +34,7 @@ from services import (
 )
 from test_liveness import NotifySocket
 
+from app import exporter as exporter_module
 from app.celery_app import SENT_AT_HEADER, celery_app
 from app.liveness import BEAT_LAST_SENT_KEY
 from app.queues import QUEUES
@@ -188,6 +189,102 @@ def test_refuses_to_start_without_a_password_or_with_a_bad_setting(
     )
     assert done.returncode != 0
     assert variable in done.stderr, done.stderr
+
+
+def envelope(events: Any, routing_key: str = "task.multi", **fields: Any) -> bytes:
+    """A message as kombu's Redis transport publishes it on the event channel (what the
+    exporter reads there: the other tests send real ones)."""
+    body = base64.b64encode(json.dumps(events).encode()).decode()
+    message = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"hostname": "w@h"},
+        "properties": {
+            "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+            "body_encoding": "base64",
+        },
+        **fields,
+    }
+    return json.dumps(message).encode()
+
+
+def test_decode_events_reads_one_event_or_a_workers_buffered_list() -> None:
+    one = {"type": "task-sent", "uuid": "a"}
+    assert exporter_module.decode_events(envelope(one, "task.sent")) == [one]
+    two = [{"type": "task-received", "uuid": "a"}, {"type": "task-started", "uuid": "a"}, 3]
+    assert exporter_module.decode_events(envelope(two)) == two[:2]  # a non-event is dropped
+    plain = json.loads(envelope(one))
+    plain["body"], plain["properties"] = json.dumps(one), {}  # no body_encoding: JSON as is
+    assert exporter_module.decode_events(json.dumps(plain).encode()) == [one]
+    with pytest.raises(ValueError, match="content-type 'application/x-python-serialize'"):
+        exporter_module.decode_events(
+            envelope(one, **{"content-type": "application/x-python-serialize"})
+        )
+
+
+def test_the_event_topic_is_kombus_fanout_and_odd_options_stop_the_start() -> None:
+    from celery import Celery
+
+    app = Celery("t", set_as_current=False)
+    assert exporter_module.events_topic(app, 0) == "/0.celeryev/*"
+    assert exporter_module.events_topic(app, 3) == "/3.celeryev/*"
+    app.conf.broker_transport_options = {"fanout_prefix": "x", "visibility_timeout": 1}
+    with pytest.raises(SystemExit, match="fanout_prefix"):
+        exporter_module.events_topic(app, 0)
+
+
+def test_an_instance_is_up_for_two_heartbeat_periods_then_down() -> None:
+    beats = exporter_module.Beats(freq=2.0, last=100.0)
+    assert beats.up(100.0) and beats.up(103.9)
+    assert not beats.up(104.0)
+    assert not exporter_module.Beats().up(0.0)  # never heard, or said goodbye: down
+
+
+def test_a_tasks_name_and_queue_are_kept_until_its_end_and_no_longer() -> None:
+    """Real events through on_message into a real registry: the queue of task-sent labels the
+    worker's events; a task's entry goes at its end; one never sent (before the exporter
+    started) takes its route; the dict is bounded even when ends never come."""
+    from prometheus_client import generate_latest
+
+    from app.settings import get_settings
+
+    x = exporter_module.Exporter(celery_app, get_settings())
+    sent = {"type": "task-sent", "uuid": "a", "name": "ops.probe", "queue": "pricing"}
+    x.on_message(envelope({**sent, "hostname": "gen42@producer"}, "task.sent"))
+    x.on_message(envelope([
+        {"type": "task-received", "uuid": "a", "name": "ops.probe", "hostname": "w@h"},
+        {"type": "task-started", "uuid": "a", "hostname": "w@h"},
+        {"type": "task-succeeded", "uuid": "a", "hostname": "w@h", "runtime": 0.2},
+        {"type": "task-started", "uuid": "b", "hostname": "w@h"},  # its sent never seen
+        {"type": "task-failed", "uuid": "c", "name": "data.x", "hostname": "w@h",
+         "exception": "KeyError('secret')"},
+    ]))  # fmt: skip
+    x.on_message(b"not json")  # skipped with a log line, nothing else
+    text = generate_latest(x.registry).decode()
+    assert (
+        'celery_task_sent_total{hostname="producer",name="ops.probe",queue_name="pricing"} 1.0'
+        in text
+    )
+    assert (
+        'celery_task_succeeded_total{hostname="w@h",name="ops.probe",queue_name="pricing"} 1.0'
+        in text
+    )
+    assert (
+        'celery_task_runtime_count{hostname="w@h",name="ops.probe",queue_name="pricing"} 1.0'
+        in text
+    )
+    assert (
+        'celery_task_started_total{hostname="w@h",name="unknown",queue_name="unknown"} 1.0' in text
+    )
+    failed = 'exception="KeyError",hostname="w@h",name="data.x",queue_name="data_processing"'
+    assert f"celery_task_failed_total{{{failed}}} 1.0" in text
+    assert "secret" not in text
+    assert set(x.tasks) == {"b"}  # a and c ended
+    for n in range(exporter_module.MAX_TASKS_IN_MEMORY + 5):
+        x.on_event({"type": "task-received", "uuid": f"t{n}", "name": "ops.probe"})
+    assert len(x.tasks) == exporter_module.MAX_TASKS_IN_MEMORY
+    assert "b" not in x.tasks and "t0" not in x.tasks  # the oldest in flight went first
 
 
 def test_ready_and_basic_auth(stack: Stack) -> None:
@@ -349,6 +446,39 @@ def test_consumers_while_the_worker_runs_and_after_it_stops(stack: Stack) -> Non
     )
     assert stack.value("celery_worker_consuming", hostname=NODE) is None
     assert stack.value("celery_active_consumer_count", queue_name="default") == 0
+
+
+def test_a_worker_killed_without_goodbye_reads_down_after_two_heartbeats(stack: Stack) -> None:
+    """SIGKILL (no worker-offline event): down once two heartbeat periods (2 s each) pass."""
+    stack.start_worker()
+    stack.wait_value("celery_worker_up", 1, timeout=60, hostname=NODE)
+    assert stack.worker is not None
+    os.killpg(stack.worker.pid, signal.SIGKILL)
+    stack.worker.wait(30)
+    killed = time.monotonic()
+    stack.wait_value("celery_worker_up", 0, timeout=20, hostname=NODE)
+    assert time.monotonic() - killed >= 2  # not before its last heartbeat can have expired
+    assert stack.value("celery_worker_tasks_active", hostname=NODE) == 0
+
+
+def test_a_frozen_broker_is_noticed_by_the_event_receiver(stack: Stack) -> None:
+    """SIGSTOP on Redis: the connection stays open and silent (as in a partition). The receiver's
+    PING goes unanswered: disconnected within EVENTS_SILENT_MAX plus a PING period; SIGCONT:
+    connected again, and events count again."""
+    assert stack.redis.proc is not None
+    stack.wait_value("celery_exporter_events_connected", 1)
+    stack.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        healthz = lambda: get(stack.url("/healthz"))[2]  # noqa: E731
+        wait_for(lambda: "events not connected" in healthz(), 40, "events disconnected")
+        assert time.monotonic() - frozen >= exporter_module.EVENTS_PING_AFTER
+    finally:
+        stack.redis.proc.send_signal(signal.SIGCONT)
+    stack.wait_value("celery_exporter_events_connected", 1, timeout=40)
+    before = stack.value("celery_task_sent_total", **SENT) or 0.0
+    stack.send("ops.probe", uuid.uuid4().hex)  # nobody consumes it: sent, counted
+    stack.wait_value("celery_task_sent_total", before + 1, **SENT)
 
 
 def test_the_exporters_redis_login_is_enough_and_no_more(stack: Stack) -> None:
