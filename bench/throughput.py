@@ -5,17 +5,19 @@
 
 The lab must be deployed (bench/converge.py --keep). Each burst fills the queues while the workers
 are stopped, then starts them on every worker host at once: tasks/s from the first task's start to
-the last one's end (the fleet's rate, not ops1's sending rate). Kinds: `noop` (celery.accumulate),
-`probe` (ops.probe: two PostgreSQL writes), `mix` (pricing.calculate_bulk_pricing of 50
-specifications + notifications.send_low_stock_alerts, one mail to the SMTP sink). Modes, run by
-run in turn: `systemd` (celery-workers.target: the deployed units) and `hand` (the unit's
-ExecStart command line with /etc/celery/app.env and worker-NAME.env, as user celery in
-/var/lib/celery, umask 0027, outside systemd and its sandbox, output to a file), and
-`systemd-nojournal` (a diagnostic: the units with a drop-in in /run sending their stdout/stderr
-to /dev/null instead of the journal), and `systemd-nowatchdog` (the units with a drop-in turning
-sd_notify and the watchdog off: Type=exec, WatchdogSec=0, so app/liveness.py's thread never
-starts), and `systemd-nomonitoring` (the units, with every metrics unit of every host stopped
-for the burst: Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters),
+the last one's end (the fleet's rate, not ops1's sending rate). Between the sends and the start it
+waits for the machine to settle (common.settle: CPUs under 20 % busy, 90 s at most; the wait is
+`settle_s` in each line), and every other run takes the modes in the reverse order. Kinds: `noop`
+(celery.accumulate), `probe` (ops.probe: two PostgreSQL writes), `mix`
+(pricing.calculate_bulk_pricing of 50 specifications + notifications.send_low_stock_alerts, one
+mail to the SMTP sink). Modes, in turn within each run: `systemd` (celery-workers.target: the
+deployed units) and `hand` (the unit's ExecStart command line with /etc/celery/app.env and
+worker-NAME.env, as user celery in /var/lib/celery, umask 0027, outside systemd and its sandbox,
+output to a file), and `systemd-nojournal` (a diagnostic: the units with a drop-in in /run sending
+their stdout/stderr to /dev/null instead of the journal), and `systemd-nowatchdog` (the units with
+a drop-in turning sd_notify and the watchdog off: Type=exec, WatchdogSec=0, so app/liveness.py's
+thread never starts), and `systemd-nomonitoring` (the units, with every metrics unit of every host
+stopped for the burst: Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters),
 and `systemd-before` (the units running the app as before issue 17's cuts, through
 bench/variants/variant_app.py: every delivery counted in Redis, Celery's "received" line at INFO).
 Ratio systemd/hand: target >= 0.95; systemd/systemd-nowatchdog: what the watchdog costs;
@@ -130,7 +132,9 @@ def main() -> None:
     try:
         for run in range(1, min(a.runs, 10) + 1):
             for kind in kinds:
-                for mode, (stop, start, after) in modes.items():
+                # Every other run in the reverse order: no mode always goes first.
+                order = list(modes.items())[:: 1 if run % 2 else -1]
+                for mode, (stop, start, after) in order:
                     count = int(COUNTS[kind] * a.scale)
                     before, after_all = EVERY_HOST.get(mode, ("", ""))
                     for host in every_host(a.lab) if before else []:
