@@ -314,27 +314,14 @@ def _migration_login(raw: str) -> Any:
     return make_url(get_settings().database_url).set(username=lines[0].strip(), password=lines[1])
 
 
-def _write_result(path: str, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def cmd_db(args: argparse.Namespace) -> int:
     from app import migrate
     from app.db import session_scope
 
     if args.db_command == "migrate":
-        stamp = {"id": args.result_id} if args.result_id else {}
-        try:
-            url = _migration_login(sys.stdin.read()) if args.login_stdin else None
-            before, after = migrate.upgrade(args.revision, url=url, owner=args.owner)
-            result: dict[str, Any] = {"before": before, "after": after}
-        except Exception as exc:
-            if args.result_file:  # the deployment reads it: its own output is hidden (no_log)
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                _write_result(args.result_file, {**stamp, "error": error})
-            raise
-        if args.result_file:
-            _write_result(args.result_file, {**stamp, **result})
+        url = _migration_login(sys.stdin.read()) if args.login_stdin else None
+        before, after = migrate.upgrade(args.revision, url=url, owner=args.owner)
+        result: dict[str, Any] = {"before": before, "after": after}
         if args.json:  # the deployment's changed_when: before != after
             _print(result)
         else:
@@ -437,8 +424,6 @@ def parser() -> argparse.ArgumentParser:
         "--login-stdin", action="store_true", help="log in as the user and password read from stdin"
     )
     m.add_argument("--owner", help="act as this role (SET ROLE): the owner of what is created")
-    m.add_argument("--result-file", help="also write the JSON result, or the error, to this file")
-    m.add_argument("--result-id", default="", help="stamp the result file with this id")
     db.add_parser("seed", help="insert demo data (idempotent)")
     r = db.add_parser("restore-pricing", help="restore a data.backup_pricing_data file")
     r.add_argument("file")

@@ -100,7 +100,9 @@ def host_state(text: str) -> dict[str, Any]:
     """The preflight's one read of a host (playbooks/tasks/host_state.yml): sections that start
     with a `#name` line: `#dpkg` (dpkg-query's `${db:Status-Abbrev}${Package}` lines), `#passwd` and
     `#group` (getent), `#units` (`systemctl show --all -p Id,ActiveState,UnitFileState '*'`:
-    every loaded unit, instances and masked units included), `#nft` (`nft list tables`)."""
+    every loaded unit, instances and masked units included), `#nft` (`nft list tables`),
+    `#python` (version, machine, glibc), `#current` (a symlink's target), `#paths` (`stat -c
+    '%Y %n'` lines: as find's `files`, a list of {path, mtime}), `#writable` (paths, one a line)."""
     sections: dict[str, list[str]] = {}
     lines: list[str] = []
     for line in text.splitlines():
@@ -135,6 +137,14 @@ def host_state(text: str) -> dict[str, Any]:
         },
         "units": units,
         "nft_tables": [line.strip() for line in sections.get("nft", []) if line.strip()],
+        "python": next((line.strip() for line in sections.get("python", []) if line.strip()), ""),
+        "current": next((line.strip() for line in sections.get("current", []) if line.strip()), ""),
+        "writable": [line.strip() for line in sections.get("writable", []) if line.strip()],
+        "paths": [
+            {"path": path, "mtime": int(mtime)}
+            for mtime, _, path in (line.partition(" ") for line in sections.get("paths", []))
+            if mtime.isdigit() and path
+        ],
     }
 
 

@@ -96,8 +96,49 @@ def test_account_is_every_field_given() -> None:
 
 
 def test_an_empty_read_finds_nothing() -> None:
-    assert bundle.host_state("") == {"packages": [], "accounts": {}, "units": {}, "nft_tables": []}
+    assert bundle.host_state("") == {
+        "packages": [],
+        "accounts": {},
+        "units": {},
+        "nft_tables": [],
+        "python": "",
+        "current": "",
+        "writable": [],
+        "paths": [],
+    }
 
 
 def test_nft_tables() -> None:
     assert bundle.host_state(READ)["nft_tables"] == ["table inet firewall"]
+
+
+def test_the_app_roles_reads(tmp_path: Path) -> None:
+    """The interpreter, the release in service and the files the app's roles would find: parsed
+    from what python3, readlink and `stat -c '%Y %n'` print (stat run here for real)."""
+    import subprocess
+
+    installed = tmp_path / "0.1.0-abc" / ".installed"
+    installed.parent.mkdir()
+    installed.write_text("0.1.0-abc\n")
+    env = tmp_path / "worker-pricing.env"
+    env.write_text("")
+    stat = subprocess.run(
+        ["stat", "-c", "%Y %n", str(installed), str(env)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    read = f"#python\n3.11.2 x86_64 2.36\n#current\n/opt/celery/releases/0.1.0-abc\n#paths\n{stat}"
+    state = bundle.host_state(read)
+    assert state["python"] == "3.11.2 x86_64 2.36"
+    assert state["current"] == "/opt/celery/releases/0.1.0-abc"
+    assert state["paths"] == [
+        {"path": str(installed), "mtime": int(installed.stat().st_mtime)},
+        {"path": str(env), "mtime": int(env.stat().st_mtime)},
+    ]
+    # A bare host: the sections are there, empty (readlink and stat found nothing).
+    bare = bundle.host_state("#python\n3.11.2 x86_64 2.36\n#current\n#paths\n#writable\n")
+    assert (bare["current"], bare["paths"], bare["writable"]) == ("", [], [])
+    writable = bundle.host_state("#writable\n/proc/sys/vm/overcommit_memory\n")["writable"]
+    assert writable == ["/proc/sys/vm/overcommit_memory"]
+    assert bundle.host_state(READ)["python"] == ""  # no section: the role reads it itself
