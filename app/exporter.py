@@ -5,7 +5,7 @@ Three sources, one process:
 - Celery's events (a receiver thread on the broker, reconnecting for ever): task counters per
   task name, worker instance and queue, the runtime histogram, worker up/active from heartbeats.
   The thread reads the event channel itself (PSUBSCRIBE, one JSON decode per message) rather than
-  through kombu's consumer and Celery's State: a third of the CPU per task (docs/BENCHMARKS.md).
+  through kombu's consumer and Celery's State: an eighth of the CPU per task (docs/BENCHMARKS.md).
   A bounded dict remembers each task's name and queue between its events, until its end.
 - The workers' answers to `inspect().active_queues()`, every APP_EXPORTER_POLL_INTERVAL seconds:
   which instance consumes which queue. An instance that stops answering reads 0, it does not
