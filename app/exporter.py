@@ -55,6 +55,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app import liveness, logs
 from app.queues import QUEUES, queue_for
@@ -218,6 +220,15 @@ class Exporter:
             socket_connect_timeout=BROKER_TIMEOUT,
         )
         self.topic = events_topic(celery_app, self.redis.connection_pool.connection_kwargs["db"])
+        # The receiver's own client, without redis-py's retries: a lost connection reaches
+        # run_events (gauge 0, one log line, backoff) instead of a silent reconnect that drops
+        # what Redis had queued for the subscription.
+        self.events_redis = redis.Redis.from_url(
+            settings.broker_url,
+            socket_timeout=BROKER_TIMEOUT,
+            socket_connect_timeout=BROKER_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
         # Kombu's Redis transport keeps a queue's messages of priority step N>0 in "QUEUE<sep>N".
         options = celery_app.conf.broker_transport_options or {}
         steps = options.get("priority_steps", PRIORITY_STEPS)
@@ -268,7 +279,9 @@ class Exporter:
         if subject == "sent":  # the producer's event: it names the queue
             hostname = sender(hostname)
             queue = event.get("queue") or event.get("routing_key") or queue
-        if subject not in ENDS and uuid:
+        # A rejection with requeue (a lost worker's task, given back) is not the task's end.
+        ended = subject in ENDS and not (subject == "rejected" and event.get("requeue"))
+        if not ended and uuid:
             self.tasks[uuid] = (name, queue)  # re-inserted: the oldest in flight go first
             if len(self.tasks) > MAX_TASKS_IN_MEMORY:
                 del self.tasks[next(iter(self.tasks))]
@@ -311,7 +324,7 @@ class Exporter:
     def run_events(self) -> None:
         """The receiver, for ever: on a lost broker gauge 0, one log line, retries with backoff."""
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = self.events_redis.pubsub()
             try:
                 pubsub.psubscribe(self.topic)  # connected once Redis confirms (_receive)
                 self._receive(pubsub)
@@ -340,7 +353,10 @@ class Exporter:
                         self.on_message(message["data"])
                     elif message["type"] == "psubscribe":
                         self._events_up()
-                    message = pubsub.get_message()
+                    # Only if bytes are there, then read with time for the rest: a message half
+                    # arrived would time out a read of 0 s and lose the connection.
+                    ready = pubsub.connection.can_read(timeout=0)
+                    message = pubsub.get_message(timeout=1.0) if ready else None
                 time.sleep(EVENTS_BATCH_PAUSE)
                 continue
             if now - heard > EVENTS_SILENT_MAX:

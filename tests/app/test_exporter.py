@@ -280,7 +280,8 @@ def test_a_tasks_name_and_queue_are_kept_until_its_end_and_no_longer() -> None:
     failed = 'exception="KeyError",hostname="w@h",name="data.x",queue_name="data_processing"'
     assert f"celery_task_failed_total{{{failed}}} 1.0" in text
     assert "secret" not in text
-    assert set(x.tasks) == {"b"}  # a and c ended
+    x.on_event({"type": "task-rejected", "uuid": "b", "hostname": "w@h", "requeue": True})
+    assert set(x.tasks) == {"b"}  # a and c ended; b given back to its queue has not
     for n in range(exporter_module.MAX_TASKS_IN_MEMORY + 5):
         x.on_event({"type": "task-received", "uuid": f"t{n}", "name": "ops.probe"})
     assert len(x.tasks) == exporter_module.MAX_TASKS_IN_MEMORY
