@@ -277,19 +277,13 @@ def settle(busy_below: float = 0.2, most: float = 90.0) -> float:
     `busy_below` busy over 2 s, `most` seconds at most; the seconds waited. What a previous burst
     or a mode's switch left running (Redis's snapshot fork, a service starting or stopping) then
     does not land in the next burst: without it the first of two modes lost 5 pairs of 6."""
-
-    def busy_and_total() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
-
     started = time.monotonic()
     while True:
-        busy0, total0 = busy_and_total()
+        before = cpu_times()
         time.sleep(2)
-        busy1, total1 = busy_and_total()
+        busy = cpu_busy(before, cpu_times())
         waited = time.monotonic() - started
-        if (busy1 - busy0) / max(total1 - total0, 1) <= busy_below or waited >= most:
+        if busy <= busy_below or waited >= most:
             return round(waited, 1)
 
 
