@@ -110,6 +110,11 @@ def host_state(text: str) -> dict[str, Any]:
             lines = sections.setdefault(line[1:].strip(), [])
         else:
             lines.append(line)
+
+    def stripped(name: str) -> list[str]:
+        """A section's lines without blanks or surrounding spaces."""
+        return [line.strip() for line in sections.get(name, []) if line.strip()]
+
     fields = {
         key: [line.split(":") for line in sections.get(key, [])] for key in ("passwd", "group")
     }
@@ -136,10 +141,10 @@ def host_state(text: str) -> dict[str, Any]:
             if len(f) == 7
         },
         "units": units,
-        "nft_tables": [line.strip() for line in sections.get("nft", []) if line.strip()],
-        "python": next((line.strip() for line in sections.get("python", []) if line.strip()), ""),
-        "current": next((line.strip() for line in sections.get("current", []) if line.strip()), ""),
-        "writable": [line.strip() for line in sections.get("writable", []) if line.strip()],
+        "nft_tables": stripped("nft"),
+        "python": next(iter(stripped("python")), ""),
+        "current": next(iter(stripped("current")), ""),
+        "writable": stripped("writable"),
         "paths": [
             {"path": path, "mtime": int(mtime)}
             for mtime, _, path in (line.partition(" ") for line in sections.get("paths", []))
