@@ -214,21 +214,21 @@ class Exporter:
         self.consumers_seen: set[tuple[str, str]] = set()
         self.consumers_polled_at: float | None = None
         self.broker_ok = False
-        self.redis = redis.Redis.from_url(
-            settings.broker_url,
-            socket_timeout=BROKER_TIMEOUT,
-            socket_connect_timeout=BROKER_TIMEOUT,
-        )
+
+        def broker(**extra: Any) -> redis.Redis:
+            return redis.Redis.from_url(
+                settings.broker_url,
+                socket_timeout=BROKER_TIMEOUT,
+                socket_connect_timeout=BROKER_TIMEOUT,
+                **extra,
+            )
+
+        self.redis = broker()
         self.topic = events_topic(celery_app, self.redis.connection_pool.connection_kwargs["db"])
         # The receiver's own client, without redis-py's retries: a lost connection reaches
         # run_events (gauge 0, one log line, backoff) instead of a silent reconnect that drops
         # what Redis had queued for the subscription.
-        self.events_redis = redis.Redis.from_url(
-            settings.broker_url,
-            socket_timeout=BROKER_TIMEOUT,
-            socket_connect_timeout=BROKER_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self.events_redis = broker(retry=Retry(NoBackoff(), 0))
         # Kombu's Redis transport keeps a queue's messages of priority step N>0 in "QUEUE<sep>N".
         options = celery_app.conf.broker_transport_options or {}
         steps = options.get("priority_steps", PRIORITY_STEPS)
