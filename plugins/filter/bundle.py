@@ -102,7 +102,10 @@ def host_state(text: str) -> dict[str, Any]:
     `#group` (getent), `#units` (`systemctl show --all -p Id,ActiveState,UnitFileState '*'`:
     every loaded unit, instances and masked units included), `#nft` (`nft list tables`),
     `#python` (version, machine, glibc), `#current` (a symlink's target), `#paths` (`stat -c
-    '%Y %n'` lines: as find's `files`, a list of {path, mtime}), `#writable` (paths, one a line)."""
+    '%Y %n'` lines: as find's `files`, a list of {path, mtime}), `#writable` (paths, one a line),
+    `#files` (`stat -c '%F:%a:%U:%G:%n'` of the paths bundle_files manages) and `#sha256`
+    (sha256sum of the same): `files` maps each path to {type, mode, owner, group, sha256}, the
+    type `file` or `directory` (anything else is left out: the module then looks itself)."""
     sections: dict[str, list[str]] = {}
     lines: list[str] = []
     for line in text.splitlines():
@@ -131,6 +134,23 @@ def host_state(text: str) -> dict[str, Any]:
                 "enabled": unit.get("UnitFileState", ""),
             }
             unit = {}
+    digests = {
+        path: digest
+        for digest, _, path in (line.partition("  ") for line in sections.get("sha256", []))
+        if path and not digest.startswith("\\")  # sha256sum escapes an odd name: not ours
+    }
+    kinds = {"regular file": "file", "regular empty file": "file", "directory": "directory"}
+    files: dict[str, dict[str, Any]] = {}
+    for line in sections.get("files", []):
+        kind, mode, owner, group, path = ([*line.split(":", 4), "", "", "", ""])[:5]
+        if kind in kinds and mode.isdigit() and path:
+            files[path] = {
+                "type": kinds[kind],
+                "mode": int(mode, 8),
+                "owner": owner,
+                "group": group,
+                "sha256": digests.get(path, ""),
+            }
     return {
         "packages": [
             line[3:].strip() for line in sections.get("dpkg", []) if line.startswith("ii ")
@@ -150,6 +170,7 @@ def host_state(text: str) -> dict[str, Any]:
             for mtime, _, path in (line.partition(" ") for line in sections.get("paths", []))
             if mtime.isdigit() and path
         ],
+        "files": files,
     }
 
 

@@ -12,6 +12,9 @@ Content comes rendered from the controller (`lookup('template', ...)`, `lookup('
 A file may name a `validate` command (`nft -c -f %s`): run on the new content, before it
 replaces the old one; a failure leaves the old file and fails the task. Check mode and diff mode
 are supported. Give the task `no_log: true` when a content is secret.
+
+Every path it manages is listed in MANIFEST on the host; the preflight's read of the host gives
+their state, and the action (plugins/action/bundle_files.py) skips this run when nothing differs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+
+# The paths this module manages on the host, one a line; read by playbooks/tasks/host_state.yml.
+MANIFEST = "/var/lib/bundle_files/paths"
 
 DOCUMENTATION = r"""
 module: bundle_files
@@ -65,6 +71,10 @@ options:
       validate:
         description: Command run on the new file (%s its path) before it replaces the old one.
         type: str
+  manifest:
+    description: Where the managed paths are listed (a test's own file; the read knows the default).
+    type: path
+    default: /var/lib/bundle_files/paths
 """
 
 RETURN = r"""
@@ -171,6 +181,23 @@ def _validate(module: AnsibleModule, command: str, tmp: str, path: str) -> None:
         raise ValueError(f"{path}: the new content failed `{command}` (rc {rc}): {output}")
 
 
+def record(manifest: str, paths: list[str]) -> None:
+    """Add the paths not yet listed in the manifest (root-only: it maps what the bundle manages)."""
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            listed = set(f.read().splitlines())
+    except FileNotFoundError:
+        listed = set()
+    if set(paths) <= listed:
+        return
+    directory = os.path.dirname(manifest)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".paths.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(f"{p}\n" for p in sorted(listed | set(paths))))
+    os.replace(tmp, manifest)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -187,7 +214,8 @@ def main() -> None:
                     "mode": {"type": "str", "required": True},
                     "validate": {"type": "str"},
                 },
-            }
+            },
+            "manifest": {"type": "path", "default": MANIFEST},
         },
         supports_check_mode=True,
     )
@@ -201,6 +229,13 @@ def main() -> None:
             module.fail_json(msg=str(exc), changed_paths=changed)
         except OSError as exc:
             module.fail_json(msg=f"{entry['path']}: {exc}", changed_paths=changed)
+    if not module.check_mode:
+        try:
+            record(module.params["manifest"], [e["path"] for e in module.params["files"]])
+        except OSError as exc:  # the files are right; only the next run's shortcut is lost
+            module.warn(
+                f"{module.params['manifest']}: not updated ({exc}); the next run looks here"
+            )
     result: dict[str, Any] = {"changed": bool(changed), "changed_paths": changed}
     if module._diff and diffs:
         result["diff"] = diffs

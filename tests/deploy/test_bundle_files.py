@@ -1,21 +1,44 @@
 """The bundle's `bundle_files` module (plugins/modules/bundle_files.py), run by real Ansible on the
 controller (`ansible localhost -m bundle_files`, as root like the lab's runs): what it writes,
-what it reports, check mode, diff mode and a bad entry."""
+what it reports, check mode, diff mode and a bad entry; the paths it lists on the host and its
+action (plugins/action/bundle_files.py), which spares the run when the preflight's read shows
+every entry as asked."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import yaml
 from adhoc import ROOT, run_module
 
 
+def load(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", ROOT / path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bundle = load("plugins/filter/bundle.py")
+bundle_files = load("plugins/modules/bundle_files.py")
+
+
+# The module's list of managed paths, here rather than in the controller's /var/lib.
+MANIFEST = Path(tempfile.mkdtemp(prefix="bundle_files-test.")) / "paths"
+
+
 def run(files: list[dict[str, Any]], *flags: str) -> dict[str, Any]:
-    return run_module("bundle_files", {"files": files}, *flags)
+    return run_module("bundle_files", {"files": files, "manifest": str(MANIFEST)}, *flags)
 
 
 def entries(tmp_path: Path, content: str = "a=1\n", mode: str = "0640") -> list[dict[str, Any]]:
@@ -97,3 +120,58 @@ def test_validate_keeps_the_old_file_when_the_new_one_fails(tmp_path: Path) -> N
     assert result["status"] == "FAILED!" and "grep -q ok %s" in result["msg"], result
     assert path.read_text() == "ok 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["rules.conf"]  # no temporary file left
+
+
+def read_files(manifest: Path) -> dict[str, Any]:
+    """What the preflight's read (playbooks/tasks/host_state.yml, its `#files` and `#sha256` part,
+    run here on the module's manifest) gives the action as `bundle_file_state`."""
+    read, digests = yaml.safe_load((ROOT / "playbooks/tasks/host_state.yml").read_text())[:2]
+    command = read["ansible.builtin.shell"]
+    command = command[command.index("echo '#files'") :] + " && " + digests["ansible.builtin.shell"]
+    assert command.count(bundle_files.MANIFEST) == 4  # the read lists what the module records
+    part = command.replace(bundle_files.MANIFEST, str(manifest))
+    out = subprocess.run(["sh", "-c", part], capture_output=True, text=True, check=True).stdout
+    return dict(bundle.host_state(out)["files"])
+
+
+def run_read(files: list[dict[str, Any]], manifest: Path, read: dict[str, Any]) -> dict[str, Any]:
+    args = {"files": files, "manifest": str(manifest)}
+    return run_module("bundle_files", args, "-e", json.dumps({"bundle_file_state": read}))
+
+
+def test_every_path_is_listed_in_the_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "m/paths"
+    run_module("bundle_files", {"files": entries(tmp_path), "manifest": str(manifest)})
+    listed = manifest.read_text().splitlines()
+    assert listed == sorted(e["path"] for e in entries(tmp_path))
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o600
+    assert stat.S_IMODE(manifest.parent.stat().st_mode) == 0o700
+    extra = [{"path": str(tmp_path / "e.conf"), "content": "e\n", "mode": "0600"}]
+    run_module("bundle_files", {"files": extra, "manifest": str(manifest)})
+    assert manifest.read_text().splitlines() == sorted([*listed, str(tmp_path / "e.conf")])
+
+
+def test_the_read_of_the_host_spares_the_run_only_when_nothing_differs(tmp_path: Path) -> None:
+    manifest = tmp_path / "paths"
+    assert run_read(entries(tmp_path), manifest, {})["changed"] is True  # nothing read: it runs
+    read = read_files(manifest)
+    assert read[str(tmp_path / "d")] == {
+        **{"type": "directory", "mode": 0o750, "owner": "root", "group": "root", "sha256": ""}
+    }
+    assert read[str(tmp_path / "d/one.conf")]["sha256"] == hashlib.sha256(b"a=1\n").hexdigest()
+    spared = run_read(entries(tmp_path), manifest, read)
+    assert (spared["changed"], spared["changed_paths"], spared["remote"]) == (False, [], False)
+    # Drift the read finds (a mode, then a content): the module runs and puts it back.
+    (tmp_path / "d/one.conf").chmod(0o666)
+    fixed = run_read(entries(tmp_path), manifest, read_files(manifest))
+    assert fixed["changed_paths"] == [str(tmp_path / "d/one.conf")], fixed
+    assert stat.S_IMODE((tmp_path / "d/one.conf").stat().st_mode) == 0o640
+    (tmp_path / "d/two.conf").write_text("b=3\n")
+    fixed = run_read(entries(tmp_path), manifest, read_files(manifest))
+    assert fixed["changed_paths"] == [str(tmp_path / "d/two.conf")], fixed
+    assert (tmp_path / "d/two.conf").read_text() == "b=2\n"
+    # A new content, a new owner: not as read, so the module runs.
+    changed = run_read(entries(tmp_path, content="a=4\n"), manifest, read_files(manifest))
+    assert changed["changed_paths"] == [str(tmp_path / "d/one.conf")], changed
+    owner = [{**entries(tmp_path)[2], "owner": "nobody"}]
+    assert run_read(owner, manifest, read_files(manifest))["changed_paths"] == [owner[0]["path"]]

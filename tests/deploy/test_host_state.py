@@ -105,6 +105,42 @@ def test_an_empty_read_finds_nothing() -> None:
         "current": "",
         "writable": [],
         "paths": [],
+        "files": {},
+    }
+
+
+def test_the_managed_files() -> None:
+    """stat's `%F:%a:%U:%G:%n` and sha256sum's lines of the paths bundle_files lists: a file or a
+    directory is kept, anything else (a link, a name sha256sum had to escape) is left to the
+    module."""
+    digest = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    read = "\n".join(
+        [
+            "#files",
+            "regular file:640:root:celery:/etc/celery/app.env",
+            "regular empty file:600:root:root:/etc/empty",
+            "directory:750:root:prometheus:/etc/prometheus",
+            "symbolic link:777:root:root:/etc/link",
+            "#sha256",
+            f"{digest}  /etc/celery/app.env",
+            f"{digest}  /etc/empty",
+            f"\\{digest}  /etc/odd\\nname",
+        ]
+    )
+    files = bundle.host_state(read)["files"]
+    assert files == {
+        "/etc/celery/app.env": {
+            **{"type": "file", "mode": 0o640, "owner": "root", "group": "celery"},
+            "sha256": digest,
+        },
+        "/etc/empty": {
+            **{"type": "file", "mode": 0o600, "owner": "root", "group": "root"},
+            "sha256": digest,
+        },
+        "/etc/prometheus": {
+            **{"type": "directory", "mode": 0o750, "owner": "root", "group": "prometheus"},
+            "sha256": "",
+        },
     }
 
 

@@ -71,6 +71,7 @@ def playbook_env() -> dict[str, str]:
         "ANSIBLE_ROLES_PATH": f"{project}/roles",
         "ANSIBLE_FILTER_PLUGINS": f"{project}/plugins/filter",
         "ANSIBLE_LIBRARY": f"{project}/plugins/modules",
+        "ANSIBLE_ACTION_PLUGINS": f"{project}/plugins/action",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }

@@ -130,23 +130,28 @@ def test_what_was_changed_by_hand_is_put_back(host: Any) -> None:
     and the database once (roles/postgresql/tasks/database_check.yml), and acts only where they
     differ from the inventory. What an operator changed by hand is still found and put back: a
     revoked grant, the schema opened to PUBLIC, a role setting and a role flag; a disabled
-    exporter, the package's own exporter unit unmasked, the prometheus account given a shell."""
+    exporter, the package's own exporter unit unmasked, the prometheus account given a shell; a
+    file of bundle_files edited and opened to all (its action compares with the read)."""
     psql = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app -c "
     units = (
         "systemctl is-enabled prometheus-node-exporter.service prometheus-redis-exporter.service"
         " || true; getent passwd prometheus | cut -d: -f7"
+        " && stat -c %a /etc/default/prometheus-node-exporter"
+        " && sha256sum /etc/default/prometheus-node-exporter"
     )
 
     def state() -> tuple[str, str]:
         return host.check_output(psql + f'"{TAMPERED}"'), host.check_output(units)
 
     healthy = state()
-    assert healthy[1].split() == ["enabled", "masked", "/usr/sbin/nologin"], healthy
+    assert healthy[1].split()[:4] == ["enabled", "masked", "/usr/sbin/nologin", "600"], healthy
     host.check_output(psql + f'"{TAMPER}"')
     host.check_output(
         "systemctl disable --quiet prometheus-node-exporter.service"
         " && systemctl unmask --quiet prometheus-redis-exporter.service"
         " && usermod -s /bin/bash prometheus"
+        " && echo '# by hand' >> /etc/default/prometheus-node-exporter"
+        " && chmod 0644 /etc/default/prometheus-node-exporter"
     )
     try:
         assert state()[0] != healthy[0] and state()[1] != healthy[1]
@@ -168,4 +173,6 @@ def test_what_was_changed_by_hand_is_put_back(host: Any) -> None:
             "systemctl enable --quiet prometheus-node-exporter.service"
             " && systemctl mask --quiet prometheus-redis-exporter.service"
             " && usermod -s /usr/sbin/nologin prometheus"
+            " && sed -i '/^# by hand$/d' /etc/default/prometheus-node-exporter"
+            " && chmod 0600 /etc/default/prometheus-node-exporter"
         )
