@@ -4,14 +4,17 @@
   list of readable strings (empty: nothing to do). The server's side is the one row of
   roles/postgresql/tasks/database_check.yml's query; the inventory's side is
   `postgresql_database_expected` (roles/postgresql/vars/main.yml). The role runs its database
-  steps (community.postgresql's modules, one call per object) only when the list is not empty,
-  so a second run reads the server once instead of making a dozen calls. The check is at least
+  steps (one psql run of templates/database.sql.j2) only when the list is not empty, so a second
+  run reads the server once and changes nothing. The check is at least
   as strict as those modules: anything it cannot confirm counts as a difference.
 - `postgresql_role_attr_flags`: a role's flags `{'login': true, 'inherit': false}` as the
   role_attr_flags of community.postgresql.postgresql_user, `LOGIN,NOINHERIT`.
 - `scram_sha256_matches`: whether a password gives a stored SCRAM-SHA-256 verifier (RFC 5802 /
-  7677, PostgreSQL's `rolpassword`). ASCII passwords only are compared; another password never
-  matches, so the role sets it again, which is safe.
+  7677, PostgreSQL's `rolpassword`). ASCII passwords only (the preflight requires printable
+  ASCII: no SASLprep to reproduce).
+- `postgresql_scram_verifier`: the verifier ALTER ROLE ... PASSWORD sends instead of the password.
+- `postgresql_ident`, `postgresql_literal`: an identifier and a string quoted for SQL
+  (templates/database.sql.j2).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
 _SCRAM = re.compile(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)")
+SCRAM_ITERATIONS = 4096  # PostgreSQL's scram_iterations default
 _FLAGS = ("login", "inherit", "superuser", "createdb", "createrole", "replication", "bypassrls")
 
 
@@ -35,12 +40,41 @@ def scram_sha256_matches(verifier: Any, password: Any) -> bool:
         salt, stored, server = (base64.b64decode(match[i], validate=True) for i in (2, 3, 4))
     except ValueError:
         return False
-    salted = hashlib.pbkdf2_hmac("sha256", str(password).encode(), salt, int(match[1]))
+    want_stored, want_server = _scram_keys(str(password), salt, int(match[1]))
+    return hmac.compare_digest(want_stored, stored) and hmac.compare_digest(want_server, server)
+
+
+def _scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """The StoredKey and ServerKey of a password (RFC 5802)."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored) and (
-        hmac.compare_digest(server_key, server)
-    )
+    return hashlib.sha256(client_key).digest(), server_key
+
+
+def postgresql_scram_verifier(password: Any, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier of a password, as the server stores it (a random salt), for
+    ALTER ROLE ... PASSWORD: the plaintext never reaches the server, nor its log."""
+    text = str(password)
+    if not text.isascii():  # the preflight refuses it: the server would SASLprep it first
+        raise ValueError("a PostgreSQL password must be printable ASCII")
+    salt = salt or os.urandom(16)
+    stored, server = _scram_keys(text, salt, SCRAM_ITERATIONS)
+    b64 = [base64.b64encode(raw).decode() for raw in (salt, stored, server)]
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
+def postgresql_ident(name: Any) -> str:
+    """An SQL identifier, double-quoted (a role, a database, a setting's name)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def postgresql_literal(value: Any) -> str:
+    """An SQL string literal (standard_conforming_strings: PostgreSQL's default)."""
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("an SQL string cannot hold a NUL character")
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _role_drift(name: str, want: Mapping[str, Any], have: Mapping[str, Any] | None) -> list[str]:
@@ -107,4 +141,7 @@ class FilterModule:
             "postgresql_drift": postgresql_drift,
             "scram_sha256_matches": scram_sha256_matches,
             "postgresql_role_attr_flags": postgresql_role_attr_flags,
+            "postgresql_scram_verifier": postgresql_scram_verifier,
+            "postgresql_ident": postgresql_ident,
+            "postgresql_literal": postgresql_literal,
         }

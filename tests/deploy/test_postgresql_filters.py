@@ -5,11 +5,13 @@ against the lab's PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 from psycopg import pq
 
@@ -143,3 +145,62 @@ def test_a_server_that_could_not_be_read_differs() -> None:
     assert pg.postgresql_drift(failed, EXPECTED) == [
         'the server could not be read: database "app" does not exist'
     ]
+
+
+@pytest.mark.parametrize("password", ["secret-password", "p@ss:w/rd%$'\" x"])
+def test_the_verifier_sent_is_libpqs_for_the_same_salt(password: str) -> None:
+    libpq = libpq_verifier(password)
+    salt = base64.b64decode(libpq.split(":")[1].split("$")[0])
+    assert pg.postgresql_scram_verifier(password, salt) == libpq
+    fresh = pg.postgresql_scram_verifier(password)
+    assert pg.scram_sha256_matches(fresh, password) and fresh != libpq  # a salt of its own
+    assert password not in fresh
+
+
+def test_a_password_that_is_not_ascii_is_refused() -> None:
+    with pytest.raises(ValueError, match="printable ASCII"):
+        pg.postgresql_scram_verifier("pässwörter-lang")
+
+
+def test_identifiers_and_strings_are_quoted() -> None:
+    assert pg.postgresql_ident('app"; DROP ROLE x; --') == '"app""; DROP ROLE x; --"'
+    assert pg.postgresql_literal("it's") == "'it''s'"
+    with pytest.raises(ValueError, match="NUL"):
+        pg.postgresql_literal("a\x00b")
+
+
+def test_the_database_script_carries_verifiers_never_passwords() -> None:
+    """templates/database.sql.j2 rendered with these filters and the role's expected state: each
+    role's flags and verifier, its settings reset then set, the database, grants; no password."""
+    expected = {
+        "name": "app",
+        "app": "app",
+        "roles": {
+            "app_owner": {"flags": {"login": False}},
+            "app": {
+                "flags": {"login": True, "superuser": False},
+                "password": "tasks-password-1",
+                "config": {"statement_timeout": "30s"},
+            },
+            "app_migrator": {"flags": {"login": True, "inherit": False}, "password": "migr-pw-22"},
+        },
+        "members": [["app_owner", "app_migrator"]],
+        "database": {
+            **{"owner": "app_owner", "encoding": "UTF8", "collate": "C.UTF-8", "ctype": "C.UTF-8"},
+            "connect": ["app", "app_migrator"],
+        },
+        "default_privs": {"tables": ["SELECT", "INSERT"], "sequences": ["USAGE"]},
+    }
+    # As Ansible renders templates (trim_blocks); SQL, not HTML: nothing to escape.
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)  # noqa: S701
+    env.filters.update(pg.FilterModule().filters())
+    template = (PLUGIN.parents[2] / "roles/postgresql/templates/database.sql.j2").read_text()
+    sql = env.from_string(template).render(postgresql_database_expected=expected)
+    assert "tasks-password-1" not in sql and "migr-pw-22" not in sql
+    assert sql.count("PASSWORD 'SCRAM-SHA-256$4096:") == 2
+    assert 'ALTER ROLE "app_migrator" LOGIN NOINHERIT PASSWORD' in sql
+    assert 'ALTER ROLE "app" RESET ALL;\nALTER ROLE "app" SET "statement_timeout" = \'30s\';' in sql
+    assert 'GRANT "app_owner" TO "app_migrator";' in sql
+    assert 'REVOKE ALL ON DATABASE "app" FROM PUBLIC;' in sql
+    assert 'GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO "app";' in sql
+    assert "\\connect 'app'" in sql
