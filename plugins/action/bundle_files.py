@@ -31,13 +31,8 @@ def as_read(entry: Mapping[str, Any], read: Mapping[str, Any]) -> bool:
         mode = int(str(entry.get("mode")), 8)
     except ValueError:
         return False  # the module names the bad mode
-    owner, group = entry.get("owner") or "root", entry.get("group") or "root"
-    if not seen or (seen["type"], seen["mode"], seen["owner"], seen["group"]) != (
-        state,
-        mode,
-        owner,
-        group,
-    ):
+    want = (state, mode, entry.get("owner") or "root", entry.get("group") or "root")
+    if not seen or (seen["type"], seen["mode"], seen["owner"], seen["group"]) != want:
         return False
     if state == "directory":
         return True
