@@ -75,6 +75,13 @@ options:
     description: Where the managed paths are listed (a test's own file; the read knows the default).
     type: path
     default: /var/lib/bundle_files/paths
+  compare_on_host:
+    description:
+      - Run on the host even when the preflight's read shows every entry as asked (read by the
+        action, plugins/action/bundle_files.py): for a step after something else, such as a
+        package's postinst, may have changed its files since the read.
+    type: bool
+    default: false
 """
 
 RETURN = r"""
@@ -182,20 +189,25 @@ def _validate(module: AnsibleModule, command: str, tmp: str, path: str) -> None:
 
 
 def record(manifest: str, paths: list[str]) -> None:
-    """Add the paths not yet listed in the manifest (root-only: it maps what the bundle manages)."""
+    """Add the paths not yet listed in the manifest (root-only: it maps what the bundle manages).
+    An unreadable manifest counts as empty and is written anew."""
     try:
         with open(manifest, encoding="utf-8") as f:
             listed = set(f.read().splitlines())
-    except FileNotFoundError:
+    except (OSError, ValueError):
         listed = set()
     if set(paths) <= listed:
         return
     directory = os.path.dirname(manifest)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".paths.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("".join(f"{p}\n" for p in sorted(listed | set(paths))))
-    os.replace(tmp, manifest)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(f"{p}\n" for p in sorted(listed | set(paths))))
+        os.replace(tmp, manifest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def main() -> None:
@@ -216,6 +228,7 @@ def main() -> None:
                 },
             },
             "manifest": {"type": "path", "default": MANIFEST},
+            "compare_on_host": {"type": "bool", "default": False},  # the action's
         },
         supports_check_mode=True,
     )
@@ -232,7 +245,7 @@ def main() -> None:
     if not module.check_mode:
         try:
             record(module.params["manifest"], [e["path"] for e in module.params["files"]])
-        except OSError as exc:  # the files are right; only the next run's shortcut is lost
+        except (OSError, ValueError) as exc:  # the files are right; only a shortcut is lost
             module.warn(
                 f"{module.params['manifest']}: not updated ({exc}); the next run looks here"
             )

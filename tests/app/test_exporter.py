@@ -48,6 +48,8 @@ USER, PASSWORD = "prom", "exporter-test-secret"
 FORGET_AFTER = 15  # s after a clean stop (production: 600)
 NODE = f"exporter@{socket.gethostname()}"  # the worker's -n exporter@%h
 PROBE = {"name": "ops.probe", "hostname": NODE, "queue_name": "default"}
+FROZEN_HOLD = 25  # s a frozen broker stays frozen after the receiver declares it lost
+BACK_WITHIN_S = 3.5  # s from a frozen broker's return to the receiver's subscription again
 # task-sent's: the producer's host (these producers have no node name: gen<PID>@HOST).
 SENT = {**PROBE, "hostname": socket.gethostname()}
 
@@ -491,21 +493,33 @@ def test_a_broker_frozen_under_load_loses_no_task_and_undercounts_only_its_retur
     stack: Stack,
 ) -> None:
     """Live load (a producer sending probes at ~20/s, the worker consuming them) across a SIGSTOP
-    of Redis long enough for the receiver to declare it lost, then SIGCONT. Counted: sent,
-    completed, lost, run twice, the receiver's time back, and the succeeded events it missed.
-    Pub/sub keeps nothing for a client that is not subscribed, so what the exporter may miss is
-    bounded by the tasks that finished between the freeze and its subscription again; no task
-    is lost and the gauge said it was blind meanwhile."""
+    of Redis held FROZEN_HOLD s past the receiver's declaring it lost (its backoff at its cap),
+    then SIGCONT. Counted: sent, completed, lost, run twice, the receiver's time back, the
+    succeeded events counted and missed. Pub/sub keeps nothing for a client not subscribed:
+    what the exporter may miss is bounded by the tasks that finished between the freeze and its
+    subscription again; everything after is counted, no task is lost, and the gauge said it was
+    blind meanwhile."""
     if stack.worker is None or stack.worker.poll() is not None:  # an earlier test killed it
         stack.start_worker()
     stack.wait_value("celery_worker_up", 1, timeout=60, hostname=NODE)
     stack.wait_value("celery_exporter_events_connected", 1)
     assert stack.redis.proc is not None
+
+    def succeeded_when_still() -> float:
+        """The succeeded counter once it stands still for 3 s (every event in)."""
+        last = stack.value("celery_task_succeeded_total", **PROBE)
+        for _ in range(20):
+            time.sleep(3)
+            now = stack.value("celery_task_succeeded_total", **PROBE)
+            if now == last:
+                break
+            last = now
+        return last or 0.0
+
     # What earlier tests left in the queue is done first: only this test's probes are counted.
     stack.wait_value("celery_queue_length", 0, timeout=60, queue_name="default")
-    stack.wait_value("celery_worker_tasks_active", 0, timeout=60, hostname=NODE)
     prefix = f"freeze-{uuid.uuid4().hex[:8]}-"
-    before = stack.value("celery_task_succeeded_total", **PROBE) or 0.0
+    before = succeeded_when_still()
     sent: list[str] = []
     unconfirmed: list[str] = []
     stop = threading.Event()
@@ -531,12 +545,14 @@ def test_a_broker_frozen_under_load_loses_no_task_and_undercounts_only_its_retur
         try:
             healthz = lambda: get(stack.url("/healthz"))[2]  # noqa: E731
             wait_for(lambda: "events not connected" in healthz(), 40, "events disconnected")
+            time.sleep(FROZEN_HOLD)  # the receiver retries meanwhile, its backoff at its cap
         finally:
             stack.redis.proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
         stack.wait_value("celery_exporter_events_connected", 1, timeout=30)
         back_s = time.monotonic() - resumed
         back_at = datetime.now(UTC)
+        at_back = stack.value("celery_task_succeeded_total", **PROBE) or 0.0
         time.sleep(5)  # load after the return: counted again
     finally:
         stop.set()
@@ -549,40 +565,45 @@ def test_a_broker_frozen_under_load_loses_no_task_and_undercounts_only_its_retur
             return found
 
     confirmed = set(sent)
-    wait_for(
-        lambda: confirmed <= {r.token for r in rows() if r.completions},
-        120,
-        "every confirmed probe completed",
-    )
-    done = rows()
-    # Every event is in once the counter stands still for 3 s.
-    last = stack.value("celery_task_succeeded_total", **PROBE)
-    for _ in range(20):
-        time.sleep(3)
-        now = stack.value("celery_task_succeeded_total", **PROBE)
-        if now == last:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the backlog drains (a loss is counted, not raised)
+        if confirmed <= {r.token for r in rows() if r.completions}:
             break
-        last = now
-    counted = (last or 0.0) - before
+        time.sleep(1)
+    done = rows()
+    last = succeeded_when_still()
+    counted = last - before
     completed = sum(1 for r in done if r.completions)
     lost = len(confirmed - {r.token for r in done if r.completions})
     twice = sum(1 for r in done if r.runs > 1)
-    window = sum(
-        1
-        for r in done
-        if r.completed_at is not None
-        and frozen_at - timedelta(seconds=2) <= r.completed_at <= back_at + timedelta(seconds=1)
-    )
+
+    def finished(since: datetime, until: datetime | None = None) -> int:
+        return sum(
+            1
+            for r in done
+            if r.completed_at is not None
+            and since <= r.completed_at
+            and (until is None or r.completed_at <= until)
+        )
+
+    # A task's event follows its commit by milliseconds: half a second of slack either side.
+    slack = timedelta(seconds=0.5)
+    window = finished(frozen_at - slack, back_at + slack)
+    after = finished(back_at + slack)
     missed = completed - counted
-    print(
-        f"\nfrozen broker under load: sent {len(sent)} (+{len(unconfirmed)} unconfirmed), "
-        f"completed {completed}, lost {lost}, run twice {twice}, receiver back "
-        f"{back_s:.1f} s after SIGCONT, counted {counted:.0f}, missed {missed:.0f} "
-        f"(finished around the outage: {window})"
+    summary = (
+        f"sent {len(sent)} (+{len(unconfirmed)} unconfirmed), completed {completed}, lost "
+        f"{lost}, run twice {twice}, receiver back {back_s:.1f} s after SIGCONT, counted "
+        f"{counted:.0f}, missed {missed:.0f} (finished around the outage: {window}; after the "
+        f"return {after}, counted then {last - at_back:.0f})"
     )
-    assert lost == 0
-    assert counted > 0
-    assert missed <= window, (missed, window)
+    print(f"\nfrozen broker under load: {summary}")
+    assert (lost, twice) == (0, 0), summary
+    # Back within its 2 s retry cap and a little (an attempt on a frozen Redis ends when it
+    # answers); with the former 10 s cap: 8.6 s, and 151 of 293 succeeded events missed.
+    assert back_s <= BACK_WITHIN_S, summary
+    assert last - at_back >= after > 0, summary  # counted again after the return
+    assert missed <= window, summary
 
 
 def test_the_exporters_redis_login_is_enough_and_no_more(stack: Stack) -> None:
