@@ -1,14 +1,26 @@
-"""Helpers of the deploy tests: the bundle's own modules run by real Ansible on the controller."""
+"""Helpers of the deploy tests: the bundle's own modules run by real Ansible on the controller,
+and its plugins loaded as Python modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_plugin(path: str) -> ModuleType:
+    """A plugin file of the project (`plugins/filter/bundle.py`) as a module, to call directly."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", ROOT / path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_module(module: str, args: dict[str, Any], *flags: str) -> dict[str, Any]:

@@ -7,30 +7,19 @@ every entry as asked."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import stat
 import subprocess
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
-from adhoc import ROOT, run_module
+from adhoc import ROOT, load_plugin, run_module
 
-
-def load(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", ROOT / path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bundle = load("plugins/filter/bundle.py")
-bundle_files = load("plugins/modules/bundle_files.py")
+bundle = load_plugin("plugins/filter/bundle.py")
+bundle_files = load_plugin("plugins/modules/bundle_files.py")
 
 
 # The module's list of managed paths, here rather than in the controller's /var/lib.

@@ -3,7 +3,6 @@ value read back by a POSIX shell, and the rule for a host's cluster address."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
+from adhoc import ROOT, load_plugin
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "bundle.py"
-_spec = importlib.util.spec_from_file_location("bundle_filters", PLUGIN)
-assert _spec and _spec.loader
-bundle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bundle)
+bundle = load_plugin("plugins/filter/bundle.py")
 
 
 @pytest.mark.parametrize(
@@ -63,7 +59,7 @@ def test_group_hosts_skips_missing_groups_and_repeats() -> None:
     assert bundle.group_hosts(["celery_beat"], groups) == []
 
 
-RULES = PLUGIN.parents[2] / "roles" / "prometheus" / "files" / "rules"
+RULES = ROOT / "roles" / "prometheus" / "files" / "rules"
 
 
 @pytest.mark.parametrize("path", sorted(RULES.glob("*.yml")), ids=lambda p: p.name)

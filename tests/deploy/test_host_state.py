@@ -4,14 +4,11 @@ cluster test test_what_was_changed_by_hand_is_put_back runs it against the lab's
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "bundle.py"
-_spec = importlib.util.spec_from_file_location("bundle_filters", PLUGIN)
-assert _spec and _spec.loader
-bundle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bundle)
+from adhoc import load_plugin
+
+bundle = load_plugin("plugins/filter/bundle.py")
 
 READ = """#dpkg
 ii redis-server

@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import jinja2
 import pytest
+from adhoc import ROOT, load_plugin
 from psycopg import pq
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "postgresql.py"
-_spec = importlib.util.spec_from_file_location("postgresql_filters", PLUGIN)
-assert _spec and _spec.loader
-pg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pg)
+pg = load_plugin("plugins/filter/postgresql.py")
 
 
 def libpq_verifier(password: str) -> str:
@@ -194,7 +189,7 @@ def test_the_database_script_carries_verifiers_never_passwords() -> None:
     # As Ansible renders templates (trim_blocks); SQL, not HTML: nothing to escape.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)  # noqa: S701
     env.filters.update(pg.FilterModule().filters())
-    template = (PLUGIN.parents[2] / "roles/postgresql/templates/database.sql.j2").read_text()
+    template = (ROOT / "roles/postgresql/templates/database.sql.j2").read_text()
     sql = env.from_string(template).render(postgresql_database_expected=expected)
     assert "tasks-password-1" not in sql and "migr-pw-22" not in sql
     assert sql.count("PASSWORD 'SCRAM-SHA-256$4096:") == 2
