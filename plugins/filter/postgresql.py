@@ -7,8 +7,8 @@
   steps (one psql run of templates/database.sql.j2) only when the list is not empty, so a second
   run reads the server once and changes nothing. The check is at least
   as strict as those modules: anything it cannot confirm counts as a difference.
-- `postgresql_role_attr_flags`: a role's flags `{'login': true, 'inherit': false}` as the
-  role_attr_flags of community.postgresql.postgresql_user, `LOGIN,NOINHERIT`.
+- `postgresql_role_options`: a role's flags `{'login': true, 'inherit': false}` as the options
+  of ALTER ROLE, `LOGIN NOINHERIT` (templates/database.sql.j2).
 - `scram_sha256_matches`: whether a password gives a stored SCRAM-SHA-256 verifier (RFC 5802 /
   7677, PostgreSQL's `rolpassword`). ASCII passwords only (the preflight requires printable
   ASCII: no SASLprep to reproduce).
@@ -130,9 +130,9 @@ def postgresql_drift(result: Mapping[str, Any], expected: Mapping[str, Any]) -> 
     return out
 
 
-def postgresql_role_attr_flags(flags: Mapping[str, bool]) -> str:
-    """`{'login': True, 'inherit': False}` -> `LOGIN,NOINHERIT` (role_attr_flags)."""
-    return ",".join(("" if on else "NO") + name.upper() for name, on in flags.items())
+def postgresql_role_options(flags: Mapping[str, bool]) -> str:
+    """`{'login': True, 'inherit': False}` -> `LOGIN NOINHERIT` (ALTER ROLE's options)."""
+    return " ".join(("" if on else "NO") + name.upper() for name, on in flags.items())
 
 
 class FilterModule:
@@ -140,7 +140,7 @@ class FilterModule:
         return {
             "postgresql_drift": postgresql_drift,
             "scram_sha256_matches": scram_sha256_matches,
-            "postgresql_role_attr_flags": postgresql_role_attr_flags,
+            "postgresql_role_options": postgresql_role_options,
             "postgresql_scram_verifier": postgresql_scram_verifier,
             "postgresql_ident": postgresql_ident,
             "postgresql_literal": postgresql_literal,

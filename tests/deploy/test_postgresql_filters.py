@@ -36,9 +36,9 @@ def test_scram_never_matches_anything_else(verifier: Any) -> None:
     assert not pg.scram_sha256_matches(verifier, "secret")
 
 
-def test_role_attr_flags() -> None:
+def test_role_options() -> None:
     flags = {"login": True, "inherit": False, "superuser": False}
-    assert pg.postgresql_role_attr_flags(flags) == "LOGIN,NOINHERIT,NOSUPERUSER"
+    assert pg.postgresql_role_options(flags) == "LOGIN NOINHERIT NOSUPERUSER"
 
 
 FLAGS = {
