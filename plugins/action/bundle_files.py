@@ -29,12 +29,11 @@ def as_read(entry: Mapping[str, Any], read: Mapping[str, Any]) -> bool:
     """Whether the read of the host (`host_state`'s `files`) shows this entry exactly as asked."""
     seen = read.get(entry.get("path") or "")
     state = entry.get("state") or "file"
-    text = str(entry.get("mode"))
-    if not text.isdigit() or len(text) > 4 or any(c in "89" for c in text):
-        return False  # the module names the bad mode
-    mode = int(text, 8)
+    # The read's mode as 4 octal digits against the entry's, zero-padded: a mode the module
+    # would refuse ("0o640", "00640", "644x") never matches, so the module runs and names it.
+    mode = str(entry.get("mode")).zfill(4)
     want = (state, mode, entry.get("owner") or "root", entry.get("group") or "root")
-    if not seen or (seen["type"], seen["mode"], seen["owner"], seen["group"]) != want:
+    if not seen or (seen["type"], f"{seen['mode']:04o}", seen["owner"], seen["group"]) != want:
         return False
     if state == "directory":
         return True

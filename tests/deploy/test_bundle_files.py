@@ -164,3 +164,7 @@ def test_the_read_of_the_host_spares_the_run_only_when_nothing_differs(tmp_path:
     assert changed["changed_paths"] == [str(tmp_path / "d/one.conf")], changed
     owner = [{**entries(tmp_path)[2], "owner": "nobody"}]
     assert run_read(owner, manifest, read_files(manifest))["changed_paths"] == [owner[0]["path"]]
+    # A mode the module refuses is never taken as read, even where the file has that mode.
+    bad = [{**entries(tmp_path, content="a=4\n")[1], "mode": "00640"}]
+    refused = run_read(bad, manifest, read_files(manifest))
+    assert refused["status"] == "FAILED!" and "octal" in refused["msg"], refused
