@@ -208,22 +208,25 @@ class PostgresServer:
 
 class _Inbox:
     """aiosmtpd handler: keeps every message; can refuse the next N, or the next N to one
-    recipient, with a 4xx reply."""
+    recipient whose subject holds a marker (so a mail still in flight from an earlier test
+    does not use the refusal up), with a 4xx reply."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.refuse_next = 0
-        self.refuse_to: dict[str, int] = {}  # recipient -> messages to it still to refuse
+        # (recipient, subject marker) -> messages still to refuse
+        self.refuse_to: dict[tuple[str, str], int] = {}
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.refuse_next > 0:
             self.refuse_next -= 1
             return "451 4.3.0 try again later (test)"
-        for rcpt in envelope.rcpt_tos:
-            if self.refuse_to.get(rcpt, 0) > 0:
-                self.refuse_to[rcpt] -= 1
-                return f"451 4.3.0 {rcpt}: try again later (test)"
         msg = message_from_bytes(envelope.content)
+        for rcpt in envelope.rcpt_tos:
+            for (to, marker), left in self.refuse_to.items():
+                if to == rcpt and left > 0 and marker in str(msg.get("Subject", "")):
+                    self.refuse_to[(to, marker)] -= 1
+                    return f"451 4.3.0 {rcpt}: try again later (test)"
         msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
         self.messages.append(msg)
         return "250 OK"
