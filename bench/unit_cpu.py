@@ -11,12 +11,17 @@ time; then per group (workers, Redis, PostgreSQL, the metrics units, Flower, the
 over the runs, and the metrics units' CPU on the worker and data hosts against the workers' own.
 On this lab every host shares the same 2 cores: a metrics unit's CPU is CPU the workers do not
 get; on real servers only what runs on the worker and data hosts would be.
+
+`--without-metrics` adds, beside each burst, one with every metrics unit of every host stopped
+(bench/throughput.py's `systemd-nomonitoring`), in alternating order: what the rest of the cluster
+(Redis above all, which publishes each event to one subscriber less) spends per task without them.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import common
 import throughput
@@ -59,9 +64,10 @@ for u in $(systemctl list-units --state=active --plain --no-legend --type=servic
 done
 """
 TICK_NS = 10_000_000  # USER_HZ 100
+Cpu = dict[tuple[str, str], tuple[str, int]]
 
 
-def read_cpu(lab: str) -> dict[tuple[str, str], tuple[str, int]]:
+def read_cpu(lab: str) -> Cpu:
     """(host, unit) -> (its invocation, CPU ns of it so far), for every unit of GROUPS active on
     every host. A unit started again (the workers, by the burst) counts from 0 in a new
     invocation."""
@@ -83,53 +89,75 @@ def group_of(unit: str) -> str:
     return "other"
 
 
+def burst(lab: str, kind: str, count: int, metrics: bool) -> tuple[dict[str, Any], Cpu, Cpu, float]:
+    """One held burst: its figures, the CPU read before and after it, its wall time."""
+    hosts = throughput.every_host(lab)
+    for host in hosts if not metrics else []:
+        common.ssh(lab, host, throughput.MONITORING_STOP)
+    try:
+        before, t0 = read_cpu(lab), time.monotonic()
+        r = common.held_burst(lab, kind, count, throughput.UNITS_STOP, throughput.UNITS_START)
+        return r, before, read_cpu(lab), time.monotonic() - t0
+    finally:
+        for host in hosts if not metrics else []:
+            common.ssh(lab, host, throughput.MONITORING_START)
+
+
 def main() -> None:
     p = common.burst_parser(__doc__, "noop,mix")
+    p.add_argument("--without-metrics", action="store_true", help="also bursts without them")
     a = p.parse_args()
     common.ready_for_bursts(a.lab)
     per_group: dict[tuple[str, str], list[float]] = {}
-    for run in range(1, min(a.runs, 10) + 1):
-        for kind in a.kinds.split(","):
-            count = int(throughput.COUNTS[kind] * a.scale)
-            before, t0 = read_cpu(a.lab), time.monotonic()
-            r = common.held_burst(a.lab, kind, count, throughput.UNITS_STOP, throughput.UNITS_START)
-            after, wall = read_cpu(a.lab), time.monotonic() - t0
-            groups: dict[str, float] = {}
-            metrics_off_ops1 = 0.0  # the metrics units' CPU on the worker and data hosts
-            for key, (invocation, ns) in after.items():
-                was, ns_before = before.get(key, ("", 0))
-                ms = (ns - (ns_before if was == invocation else 0)) / 1e6
-                name = group_of(key[1])
-                groups[name] = groups.get(name, 0.0) + ms
-                if name in METRICS and key[0] != "ops1":
-                    metrics_off_ops1 += ms
-            record = {
-                "bench": "unit_cpu",
-                "run": run,
-                "kind": kind,
-                "tasks": count,
-                "tasks_per_s": r["tasks_per_s"],
-                "wall_s": round(wall, 1),
-                "cpu_ms": {g: round(ms) for g, ms in sorted(groups.items())},
-                "us_per_task": {g: round(ms * 1000 / count) for g, ms in sorted(groups.items())},
-                "metrics_share": round(
-                    sum(groups.get(g, 0.0) for g in METRICS) / max(sum(groups.values()), 1e-9), 3
-                ),
-                # Against the workers' own CPU: what the metrics add where the tasks run and the
-                # broker lives (on real servers ops1's Prometheus and exporter use other CPUs).
-                "metrics_off_ops1_over_workers": round(
-                    metrics_off_ops1 / max(groups.get("workers", 0.0), 1e-9), 4
-                ),
-            }
-            common.emit(record)
-            for g, ms in groups.items():
-                per_group.setdefault((kind, g), []).append(ms * 1000 / count)
-            per_group.setdefault((kind, "metrics off ops1"), []).append(
-                metrics_off_ops1 * 1000 / count
-            )
-    summary = {
-        kind: {g: round(common.median(v)) for (k, g), v in sorted(per_group.items()) if k == kind}
+    modes = [True, False] if a.without_metrics else [True]
+    plan = [
+        (n, kind, metrics)
+        for n in range(1, min(a.runs, 10) + 1)
         for kind in a.kinds.split(",")
+        for metrics in modes[:: 1 if n % 2 else -1]  # no mode always goes first
+    ]
+    for run, kind, metrics in plan:
+        count = int(throughput.COUNTS[kind] * a.scale)
+        r, before, after, wall = burst(a.lab, kind, count, metrics)
+        kind_key = kind if metrics else f"{kind} without metrics"
+        groups: dict[str, float] = {}
+        metrics_off_ops1 = 0.0  # the metrics units' CPU on the worker and data hosts
+        for key, (invocation, ns) in after.items():
+            was, ns_before = before.get(key, ("", 0))
+            ms = (ns - (ns_before if was == invocation else 0)) / 1e6
+            name = group_of(key[1])
+            groups[name] = groups.get(name, 0.0) + ms
+            if name in METRICS and key[0] != "ops1":
+                metrics_off_ops1 += ms
+        record = {
+            "bench": "unit_cpu",
+            "run": run,
+            "kind": kind,
+            "metrics": metrics,
+            "tasks": count,
+            "tasks_per_s": r["tasks_per_s"],
+            "wall_s": round(wall, 1),
+            "cpu_ms": {g: round(ms) for g, ms in sorted(groups.items())},
+            "us_per_task": {g: round(ms * 1000 / count) for g, ms in sorted(groups.items())},
+            "metrics_share": round(
+                sum(groups.get(g, 0.0) for g in METRICS) / max(sum(groups.values()), 1e-9), 3
+            ),
+            # Against the workers' own CPU: what the metrics add where the tasks run and the
+            # broker lives (on real servers ops1's Prometheus and exporter use other CPUs).
+            "metrics_off_ops1_over_workers": round(
+                metrics_off_ops1 / max(groups.get("workers", 0.0), 1e-9), 4
+            ),
+        }
+        common.emit(record)
+        for g, ms in groups.items():
+            per_group.setdefault((kind_key, g), []).append(ms * 1000 / count)
+        per_group.setdefault((kind_key, "metrics off ops1"), []).append(
+            metrics_off_ops1 * 1000 / count
+        )
+        per_group.setdefault((kind_key, "tasks/s"), []).append(r["tasks_per_s"])
+    summary = {
+        key: {g: round(common.median(v)) for (k, g), v in sorted(per_group.items()) if k == key}
+        for key in dict.fromkeys(k for k, _ in per_group)
     }
     print(json.dumps({"bench": "unit_cpu-summary", "us_per_task_median": summary}, indent=2))
 
