@@ -1,0 +1,76 @@
+"""One apt run per host: every role whose own apt step installs a list announces that same list
+in its preflight, and site.yml installs what the roles of a host announced right after the
+preflight, before any role runs (playbooks/packages.yml). The one role left apart is
+prometheus_common, whose packages go without their recommends."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+APT = "ansible.builtin.apt"
+
+
+def tasks(path: Path) -> list[dict[str, Any]]:
+    """The tasks of a task file, blocks opened."""
+    out: list[dict[str, Any]] = []
+    for task in yaml.safe_load(path.read_text()) or []:
+        out.extend(tasks_of(task))
+    return out
+
+
+def tasks_of(task: dict[str, Any]) -> list[dict[str, Any]]:
+    inner = [t for key in ("block", "rescue", "always") for t in task.get(key, [])]
+    return [task] + [x for t in inner for x in tasks_of(t)]
+
+
+def apt_steps() -> dict[str, list[dict[str, Any]]]:
+    """role -> the apt steps of its task files."""
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(REPO.glob("roles/*/tasks/*.yml")):
+        for task in tasks(path):
+            if APT in task:
+                steps.setdefault(path.parts[-3], []).append(task[APT])
+    return steps
+
+
+def variable(expression: str) -> str:
+    match = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", str(expression))
+    assert match, f"an apt step's packages are one variable of its role, got {expression!r}"
+    return match.group(1)
+
+
+def test_every_roles_packages_are_announced_to_the_one_apt_run() -> None:
+    steps = apt_steps()
+    assert {"firewall", "redis", "postgresql", "celery_app", "prometheus_common"} <= set(steps)
+    for role, found in steps.items():
+        if role == "prometheus_common":
+            assert [s.get("install_recommends") for s in found] == [False]
+            continue
+        announced = [
+            t["ansible.builtin.set_fact"]["bundle_packages"]
+            for t in tasks(REPO / "roles" / role / "tasks" / "preflight.yml")
+            if "bundle_packages" in t.get("ansible.builtin.set_fact", {})
+        ]
+        for step in found:
+            want = f"bundle_packages | default([]) + {variable(step['name'])} }}}}"
+            assert any(a.replace(" ", "").endswith(want.replace(" ", "")) for a in announced), (
+                role,
+                announced,
+            )
+
+
+def test_the_one_apt_run_comes_after_the_preflight_and_before_every_role() -> None:
+    site = [
+        p["ansible.builtin.import_playbook"]
+        for p in yaml.safe_load((REPO / "site.yml").read_text())
+    ]
+    assert site[:2] == ["playbooks/preflight.yml", "playbooks/packages.yml"], site
+    (play,) = yaml.safe_load((REPO / "playbooks" / "packages.yml").read_text())
+    assert "tags" not in play  # untagged: a run with --tags leaves it to the roles' own steps
+    apt = next(t[APT] for t in play["tasks"] if APT in t)
+    assert apt["policy_rc_d"] == 101  # nothing starts on Debian's defaults
