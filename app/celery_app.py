@@ -17,7 +17,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from app import broker, db, liveness, logs, results, threadlimits
+from app import broker, db, eventbatch, liveness, logs, results, threadlimits
 from app.errors import TEMPORARY_EXCEPTIONS, PoisonMessageError, TemporaryError
 from app.queues import QUEUES, queue_for
 from app.settings import get_settings
@@ -283,6 +283,8 @@ assert broker  # imported for its patch of kombu's Redis QoS (a full broker lose
 assert results  # imported for its patch of the result backend (what a result records)
 # READY/WATCHDOG/STATUS for systemd, once the consumer consumes (app.liveness).
 celery_app.steps["consumer"].add(liveness.WorkerLiveness)
+# Task events published every 0.1 s in one message, not one message each (app.eventbatch).
+celery_app.steps["consumer"].add(eventbatch.BatchedTaskEvents)
 
 
 @signals.setup_logging.connect

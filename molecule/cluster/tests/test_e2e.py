@@ -223,9 +223,9 @@ def test_flower_requires_its_login(host: Any) -> None:
 
 def test_workers_keep_logging_after_logrotate(host: Any) -> None:
     """Move-and-create rotation: the next task's lines land in the new pricing.log. It runs by
-    itself: logrotate's timer is up on every app host (its package is installed with policy-rc.d
-    101, which leaves a timer stopped until a boot unless the role starts it)."""
-    for name in ("ops1", "worker1", "worker2"):
+    itself: logrotate's timer is up on every host, PostgreSQL's too (the packages are installed
+    with policy-rc.d 101, which leaves a timer stopped until a boot unless it is started)."""
+    for name in ("ops1", "worker1", "worker2", "data1"):
         timer = other_host(name).service("logrotate.timer")
         assert timer.is_running and timer.is_enabled, name
     worker1 = other_host("worker1")
