@@ -13,6 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 APT = "ansible.builtin.apt"
+# A preflight's announcement: its role's list added to the host's (`bundle_packages`).
+ANNOUNCE = r"bundle_packages \| default\(\[\]\) \+ (\w+)"
 
 
 def tasks(path: Path) -> list[dict[str, Any]]:
@@ -38,9 +40,10 @@ def apt_steps() -> dict[str, list[dict[str, Any]]]:
     return steps
 
 
-def variable(expression: str) -> str:
-    match = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", str(expression))
-    assert match, f"an apt step's packages are one variable of its role, got {expression!r}"
+def variable(expression: str, pattern: str = r"(\w+)") -> str:
+    """The variable an expression is made of: `{{ NAME }}`, or PATTERN's group inside `{{ }}`."""
+    match = re.fullmatch(r"\{\{\s*" + pattern + r"\s*\}\}", str(expression))
+    assert match, f"not of the form {pattern!r}: {expression!r}"
     return match.group(1)
 
 
@@ -51,17 +54,12 @@ def test_every_roles_packages_are_announced_to_the_one_apt_run() -> None:
         if role == "prometheus_common":
             assert [s.get("install_recommends") for s in found] == [False]
             continue
-        announced = [
-            t["ansible.builtin.set_fact"]["bundle_packages"]
+        announced = {
+            variable(t["ansible.builtin.set_fact"]["bundle_packages"], ANNOUNCE)
             for t in tasks(REPO / "roles" / role / "tasks" / "preflight.yml")
             if "bundle_packages" in t.get("ansible.builtin.set_fact", {})
-        ]
-        for step in found:
-            want = f"bundle_packages | default([]) + {variable(step['name'])} }}}}"
-            assert any(a.replace(" ", "").endswith(want.replace(" ", "")) for a in announced), (
-                role,
-                announced,
-            )
+        }
+        assert {variable(step["name"]) for step in found} <= announced, (role, announced)
 
 
 def test_the_one_apt_run_comes_after_the_preflight_and_before_every_role() -> None:
