@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -287,20 +288,38 @@ def settle(busy_below: float = 0.2, most: float = 90.0) -> float:
             return round(waited, 1)
 
 
-def held_burst(name: str, kind: str, count: int, stop: str, start: str) -> dict[str, Any]:
+def held_burst(
+    name: str,
+    kind: str,
+    count: int,
+    stop: str,
+    start: str,
+    at_start: Callable[[], object] | None = None,
+    while_running: Callable[[subprocess.Popen[str]], object] | None = None,
+    timeline: bool = False,
+) -> dict[str, Any]:
     """A burst into a filled queue: run `stop` on every worker host, send `count` tasks from
-    ops1, let the machine settle, run `start` on every worker host at once; tasks/s from the
-    first start to the last end."""
+    ops1, let the machine settle, call `at_start` if given, run `start` on every worker host at
+    once, call `while_running` (with the load generator's process) if given; tasks/s from the
+    first start to the last end (and every task's end time with `timeline`)."""
     drain_queues(name)
     with ThreadPoolExecutor() as pool:
         list(pool.map(lambda h: ssh(name, h, stop), workers(name)))
         cmd = f"{APP_ENV} {PY} /root/loadgen.py burst --hold --kind {kind} --count {count}"
+        cmd += " --timeline" if timeline else ""
         with subprocess.Popen(ssh_argv(name, "ops1", cmd), stdout=subprocess.PIPE, text=True) as p:
             assert p.stdout is not None
             p.stdout.readline()  # {"sent": N}: the queue is full
             settled = settle()
+            if at_start is not None:
+                at_start()
             list(pool.map(lambda h: ssh(name, h, start), workers(name)))
-            out, _ = p.communicate(timeout=1200)
+            # Its output read meanwhile: a full pipe would hold the load generator's end.
+            reading = pool.submit(p.stdout.read)
+            if while_running is not None:
+                while_running(p)
+            out = reading.result(timeout=1200)
+            p.wait(timeout=60)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return {**result, "settle_s": settled}
 

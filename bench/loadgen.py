@@ -6,6 +6,7 @@
 Modes (one JSON object on stdout):
   burst --kind noop|probe|mix --count N   send N tasks at once, wait for their ends: tasks/s
         [--hold]                          (queue filled while the workers are stopped)
+        [--timeline]                      and every task's end time ("ends": per task name)
   steady --rate R --seconds T             probes at R/s; pickup latency = task-started - send
   ping --nodes a@h,b@h                    wait until these worker nodes answer
   send --kind noop --count N [--queue Q]  only send N tasks (all to Q if given): {"sent": N, ...}
@@ -93,9 +94,15 @@ class Events:
 
 
 def send(
-    kind: str, count: int, rate: float = 0.0, seconds: float = 0.0, only_queue: str = ""
+    kind: str,
+    count: int,
+    rate: float = 0.0,
+    seconds: float = 0.0,
+    only_queue: str = "",
+    names: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Send tasks (all at once, or at `rate` per second for `seconds`); their send times."""
+    """Send tasks (all at once, or at `rate` per second for `seconds`); their send times (and
+    their task names into `names`)."""
     sent: dict[str, float] = {}
     t0 = time.time()
     queues = itertools.cycle(["default", "pricing", "notifications"])
@@ -109,6 +116,8 @@ def send(
         if kind == "probe" and rate:
             queue = next(queues)  # steady: every instance's queue in turn
         sent[tid] = time.time()
+        if names is not None:
+            names[tid] = name
         queue = only_queue or queue
         options = {"queue": queue} if queue else {}
         celery_app.send_task(name, args=args, kwargs=kwargs, task_id=tid, **options)
@@ -121,13 +130,25 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def burst(kind: str, count: int, timeout: float, hold: bool) -> dict[str, Any]:
+def by_name(ended: dict[str, float], names: dict[str, str]) -> dict[str, list[float]]:
+    """The end times of the tasks we sent, sorted, per task name."""
+    out: dict[str, list[float]] = {}
+    for tid, name in names.items():
+        if tid in ended:
+            out.setdefault(name, []).append(round(ended[tid], 3))
+    return {name: sorted(times) for name, times in out.items()}
+
+
+def burst(
+    kind: str, count: int, timeout: float, hold: bool, timeline: bool = False
+) -> dict[str, Any]:
     """hold: the workers are stopped while we send (the queue fills), and started by the caller
     when it reads the line {"sent": N}; the rate then counts from the first task's start."""
     ev = Events()
     ev.start()
     t0 = time.time()
-    sent = send(kind, count)
+    names: dict[str, str] = {}
+    sent = send(kind, count, names=names)
     if hold:
         print(json.dumps({"sent": len(sent)}), flush=True)
     ev.want = set(sent)
@@ -151,6 +172,7 @@ def burst(kind: str, count: int, timeout: float, hold: bool) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "tasks_per_s": round(len(ends) / seconds, 1) if ends else 0.0,
         "pickup_p50_s": round(pct(waits, 50), 4),
+        **({"ends": by_name(ev.ended, names)} if timeline else {}),
     }
 
 
@@ -196,9 +218,10 @@ def main() -> None:
     p.add_argument("--nodes", default="")
     p.add_argument("--queue", default="", help="send: every task to this queue")
     p.add_argument("--hold", action="store_true", help="burst: workers start after the sends")
+    p.add_argument("--timeline", action="store_true", help="burst: every task's end time too")
     a = p.parse_args()
     if a.mode == "burst":
-        out = burst(a.kind, min(a.count, 100_000), min(a.timeout, 3600), a.hold)
+        out = burst(a.kind, min(a.count, 100_000), min(a.timeout, 3600), a.hold, a.timeline)
     elif a.mode == "send":  # bench/decompose.py times the drain itself, without events
         sent = send(a.kind, min(a.count, 100_000), only_queue=a.queue)
         out = {"sent": len(sent), "send_s": round(max(sent.values()) - min(sent.values()), 3)}

@@ -26,12 +26,15 @@ issue 17's cuts gained.
 `--modes systemd,systemd-nomonitoring` runs only those. `--ops1-cpu 1` runs every process of ops1
 on CPU 1 and every other host's on the others for the whole run (as if ops1, with Prometheus and
 the Celery exporter, were a machine of its own), and gives every host every CPU back at the end.
+After the metrics units start again, the next burst waits MONITORING_WARMUP_S (their start and
+first round of scrapes are not their running cost).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import common
 
@@ -96,6 +99,9 @@ MONITORING_START = (
     "[ -s /run/bench-monitoring.units ] && systemctl start $(cat /run/bench-monitoring.units); "
     "rm -f /run/bench-monitoring.units\n"
 )
+# After they start again: their start (the exporter's imports and first poll, Prometheus's first
+# round of scrapes, 15 s apart) must not land in the next burst, which measures them running.
+MONITORING_WARMUP_S = 20
 # mode -> (before the sends, after the sends, after the burst)
 MODES = {
     "systemd": (UNITS_STOP, UNITS_START, ""),
@@ -130,7 +136,7 @@ def main() -> None:
         common.put_variants(a.lab)
     rates: dict[tuple[str, str], list[float]] = {}
     try:
-        for run in range(1, min(a.runs, 10) + 1):
+        for run in range(1, min(a.runs, 20) + 1):
             for kind in kinds:
                 # Every other run in the reverse order: no mode always goes first.
                 order = list(modes.items())[:: 1 if run % 2 else -1]
@@ -144,6 +150,8 @@ def main() -> None:
                     finally:
                         for host in every_host(a.lab) if after_all else []:
                             common.ssh(a.lab, host, after_all)
+                        if after_all:
+                            time.sleep(MONITORING_WARMUP_S)
                     for host in common.workers(a.lab) if after else []:
                         common.ssh(a.lab, host, after)
                     record = {"bench": "throughput", "run": run, "mode": mode, **r}

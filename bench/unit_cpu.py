@@ -6,9 +6,11 @@
 The lab must be deployed (bench/converge.py --keep). Each run and kind: every unit's CPU on every
 host is read (from /proc: every process of its cgroup, and the children they reaped), one held
 burst runs through the deployed units (as bench/throughput.py's `systemd` mode), and the CPU is
-read again. Printed per unit: CPU ms in the burst, µs per task, cores used over the burst's wall
-time; then per group (workers, Redis, PostgreSQL, the metrics units, Flower, the rest) with medians
-over the runs, and the metrics units' CPU on the worker and data hosts against the workers' own.
+read again when the workers start and after the last task. Per burst: the whole (the sends, a
+task-sent event each, then the run) and `running_*`, from the workers' start (what tasks/s
+pays): µs per task per group (workers, Redis, PostgreSQL, the metrics units, Flower, the rest);
+then the medians over the runs, and the metrics units' CPU on the worker and data hosts against
+the workers' own.
 On this lab every host shares the same 2 cores: a metrics unit's CPU is CPU the workers do not
 get; on real servers only what runs on the worker and data hosts would be.
 
@@ -89,18 +91,48 @@ def group_of(unit: str) -> str:
     return "other"
 
 
-def burst(lab: str, kind: str, count: int, metrics: bool) -> tuple[dict[str, Any], Cpu, Cpu, float]:
-    """One held burst: its figures, the CPU read before and after it, its wall time."""
+def burst(
+    lab: str, kind: str, count: int, metrics: bool
+) -> tuple[dict[str, Any], list[Cpu], float]:
+    """One held burst: its figures; the CPU read before the sends, when the workers start and
+    after the last task; its wall time."""
     hosts = throughput.every_host(lab)
     for host in hosts if not metrics else []:
         common.ssh(lab, host, throughput.MONITORING_STOP)
     try:
-        before, t0 = read_cpu(lab), time.monotonic()
-        r = common.held_burst(lab, kind, count, throughput.UNITS_STOP, throughput.UNITS_START)
-        return r, before, read_cpu(lab), time.monotonic() - t0
+        reads, t0 = [read_cpu(lab)], time.monotonic()
+        r = common.held_burst(
+            lab,
+            kind,
+            count,
+            throughput.UNITS_STOP,
+            throughput.UNITS_START,
+            at_start=lambda: reads.append(read_cpu(lab)),
+        )
+        return r, [*reads, read_cpu(lab)], time.monotonic() - t0
     finally:
         for host in hosts if not metrics else []:
             common.ssh(lab, host, throughput.MONITORING_START)
+        if not metrics:
+            time.sleep(throughput.MONITORING_WARMUP_S)
+
+
+def spent(before: Cpu, after: Cpu) -> tuple[dict[str, float], float]:
+    """CPU ms per group between two reads, and the metrics units' on the worker and data hosts."""
+    groups: dict[str, float] = {}
+    metrics_off_ops1 = 0.0
+    for key, (invocation, ns) in after.items():
+        was, ns_before = before.get(key, ("", 0))
+        ms = (ns - (ns_before if was == invocation else 0)) / 1e6
+        name = group_of(key[1])
+        groups[name] = groups.get(name, 0.0) + ms
+        if name in METRICS and key[0] != "ops1":
+            metrics_off_ops1 += ms
+    return groups, metrics_off_ops1
+
+
+def share(groups: dict[str, float]) -> float:
+    return round(sum(groups.get(g, 0.0) for g in METRICS) / max(sum(groups.values()), 1e-9), 3)
 
 
 def main() -> None:
@@ -112,23 +144,19 @@ def main() -> None:
     modes = [True, False] if a.without_metrics else [True]
     plan = [
         (n, kind, metrics)
-        for n in range(1, min(a.runs, 10) + 1)
+        for n in range(1, min(a.runs, 20) + 1)
         for kind in a.kinds.split(",")
         for metrics in modes[:: 1 if n % 2 else -1]  # no mode always goes first
     ]
     for run, kind, metrics in plan:
         count = int(throughput.COUNTS[kind] * a.scale)
-        r, before, after, wall = burst(a.lab, kind, count, metrics)
+        r, (before, at_start, after), wall = burst(a.lab, kind, count, metrics)
         kind_key = kind if metrics else f"{kind} without metrics"
-        groups: dict[str, float] = {}
-        metrics_off_ops1 = 0.0  # the metrics units' CPU on the worker and data hosts
-        for key, (invocation, ns) in after.items():
-            was, ns_before = before.get(key, ("", 0))
-            ms = (ns - (ns_before if was == invocation else 0)) / 1e6
-            name = group_of(key[1])
-            groups[name] = groups.get(name, 0.0) + ms
-            if name in METRICS and key[0] != "ops1":
-                metrics_off_ops1 += ms
+        groups, metrics_off_ops1 = spent(before, after)
+        # While the tasks run (from the workers' start): what the burst's tasks/s pays. The
+        # sends before it publish a task-sent event per task, one message each, that the
+        # exporter and Flower read then.
+        running, _ = spent(at_start, after)
         record = {
             "bench": "unit_cpu",
             "run": run,
@@ -139,9 +167,11 @@ def main() -> None:
             "wall_s": round(wall, 1),
             "cpu_ms": {g: round(ms) for g, ms in sorted(groups.items())},
             "us_per_task": {g: round(ms * 1000 / count) for g, ms in sorted(groups.items())},
-            "metrics_share": round(
-                sum(groups.get(g, 0.0) for g in METRICS) / max(sum(groups.values()), 1e-9), 3
-            ),
+            "metrics_share": share(groups),
+            "running_us_per_task": {
+                g: round(ms * 1000 / count) for g, ms in sorted(running.items())
+            },
+            "running_metrics_share": share(running),
             # Against the workers' own CPU: what the metrics add where the tasks run and the
             # broker lives (on real servers ops1's Prometheus and exporter use other CPUs).
             "metrics_off_ops1_over_workers": round(
@@ -155,6 +185,11 @@ def main() -> None:
             metrics_off_ops1 * 1000 / count
         )
         per_group.setdefault((kind_key, "tasks/s"), []).append(r["tasks_per_s"])
+        per_group.setdefault((kind_key, "running: metrics share ‰"), []).append(
+            share(running) * 1000
+        )
+        for g, ms in running.items():
+            per_group.setdefault((kind_key, f"running: {g}"), []).append(ms * 1000 / count)
     summary = {
         key: {g: round(common.median(v)) for (k, g), v in sorted(per_group.items()) if k == key}
         for key in dict.fromkeys(k for k, _ in per_group)
