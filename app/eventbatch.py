@@ -6,9 +6,8 @@ over TLS, to every subscriber (Flower, the metrics' exporter: docs/BENCHMARKS.md
 bootstep takes the flush off the loop's next turn and makes it a timer of the loop instead, every
 FLUSH_INTERVAL; Celery's own limit (a flush at 24 events) stays. An event reaches Flower and the
 exporter at most FLUSH_INTERVAL later; heartbeats and other worker events are not buffered. The
-buffer is flushed when the consumer stops (a warm or a cold shutdown), and when the broker is away
-Celery's dispatcher keeps what it could not publish and sends it with the next flush after the
-return.
+buffer is flushed when the consumer stops, and when the broker is away Celery's dispatcher keeps
+what it could not publish and sends it with the next flush after the return.
 """
 
 from __future__ import annotations
@@ -43,9 +42,6 @@ class BatchedTaskEvents(bootsteps.StartStopStep):
         self.flush(c)
 
     def shutdown(self, c: Any) -> None:
-        self.flush(c)
-
-    def terminate(self, c: Any) -> None:  # a cold shutdown (SIGQUIT) calls this, not stop
         self.flush(c)
 
     @staticmethod

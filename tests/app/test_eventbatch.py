@@ -11,7 +11,6 @@ import redis
 from conftest import REDIS
 from services import wait_for
 
-from app import eventbatch
 from app import exporter as exporter_module
 from app.celery_app import celery_app
 
@@ -47,32 +46,3 @@ def test_every_task_event_arrives_in_batches(alive: Any) -> None:
     # Celery's own flush at every turn of the loop: about 2 messages a task (3 events). Batched
     # every 0.1 s (and at 24 events), far under one a task.
     assert messages <= TASKS // 4, f"{messages} messages for {TASKS * 3} events of {TASKS} tasks"
-
-
-def test_a_cold_shutdown_publishes_the_buffered_events(redis_server: Any) -> None:
-    """Celery's cold shutdown (SIGQUIT) calls the consumer steps' `terminate`, not `stop`: the
-    step flushes there too, so the last batch is not lost with the worker."""
-    channel = redis.Redis.from_url(REDIS.url(0)).pubsub()
-    channel.psubscribe(exporter_module.events_topic(celery_app, 0))
-    wait_for(lambda: channel.get_message(timeout=1.0) is not None, 10, "subscribed")
-    with celery_app.connection_for_write() as connection:
-        # As the worker's Events step makes it, and as the bootstep leaves it: buffered, no
-        # flush at the loop's next turn.
-        dispatcher = celery_app.events.Dispatcher(
-            connection, hostname="cold@test", groups=["task"], buffer_group=["task"]
-        )
-        holder = type("Consumer", (), {"event_dispatcher": dispatcher})()
-        dispatcher.send("task-succeeded", uuid="cold-shutdown-1", runtime=0.1)
-
-        def ours() -> list[dict[str, Any]]:
-            message = channel.get_message(timeout=0.5)
-            if not message or message["type"] != "pmessage":
-                return []
-            events = exporter_module.decode_events(message["data"])
-            return [e for e in events if e.get("uuid") == "cold-shutdown-1"]
-
-        assert not any(ours() for _ in range(3)), "published before any flush: not buffered"
-        eventbatch.BatchedTaskEvents(holder).terminate(holder)
-        wait_for(ours, 10, "the buffered event after terminate")
-        dispatcher.close()
-    channel.close()
