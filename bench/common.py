@@ -316,8 +316,12 @@ def held_burst(
             list(pool.map(lambda h: ssh(name, h, start), workers(name)))
             # Its output read meanwhile: a full pipe would hold the load generator's end.
             reading = pool.submit(p.stdout.read)
-            if while_running is not None:
-                while_running(p)
+            try:
+                if while_running is not None:
+                    while_running(p)
+            except BaseException:
+                p.kill()  # not a wait of up to the load generator's timeout
+                raise
             out = reading.result(timeout=1200)
             p.wait(timeout=60)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])

@@ -11,18 +11,20 @@ throughput.py's `systemd` mode, with its `--kinds`), and every metrics unit of e
 (Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters) is frozen (SIGSTOP)
 or thawed (SIGCONT) every `--period` seconds in the order off, on, on, off, off, on, ... (so that
 neither goes first in a pair). Tasks/s per interval comes from the tasks' end times (Celery's
-events, the lab's one clock); each pair of intervals gives with/without. The first interval
-(the workers' start) and those after the first of its queues ran dry are left out.
+events, the lab's one clock), without the SSH fan-outs that change the state; each pair of
+intervals gives with/without. Left out: the first interval (the workers' start), the first pair
+(their warm-up) and the intervals after the first of the burst's queues ran dry.
 
 Conservative: a frozen exporter's events wait in Redis and it reads them after the thaw, so an
 interval with the metrics also pays for the event work of the interval before it. A frozen
-Prometheus skips its scrapes (no backlog). Printed per kind: the pairs' median ratio, their
-geometric mean with a 95 % interval, and the ratio of the summed rates.
+Prometheus skips its scrapes (no backlog). The first interval of a pair ran 3 to 5 % slower than the
+second in either state (docs/BENCHMARKS.md): the orders on,off and off,on alternate and weigh
+the same in the estimate. Printed per kind: that balanced ratio with ±2 standard errors,
+each order's own geometric mean, and the median pair.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import statistics
@@ -49,67 +51,83 @@ def metrics_on(k: int) -> bool:
     return k == 0 or (k % 4) in (2, 3)
 
 
-def freeze_toggler(lab: str, period: float, timeline: list[tuple[float, bool]]) -> Any:
+# Per boundary between intervals: (when its fan-out began, when it ended, the state after it);
+# the two times are one when the state did not change there.
+Marks = list[tuple[float, float, bool]]
+
+
+def freeze_toggler(lab: str, period: float, marks: Marks) -> Any:
     """While the burst runs: every `period` s the next interval's state, set on every host at
-    once; (time the state holds from, state) appended to `timeline`."""
+    once; each boundary appended to `marks`."""
     hosts = throughput.every_host(lab)
 
     def run(p: subprocess.Popen[str]) -> None:
         state, k = True, 0
-        timeline.append((time.time(), True))
+        now = time.time()
+        marks.append((now, now, True))
         with ThreadPoolExecutor(len(hosts)) as pool:
             try:
                 while p.poll() is None:
-                    time.sleep(max(0.0, timeline[0][0] + (k + 1) * period - time.time()))
+                    time.sleep(max(0.0, marks[0][0] + (k + 1) * period - time.time()))
                     k += 1
-                    want = metrics_on(k)
+                    want, began = metrics_on(k), time.time()
                     if want != state:
                         command = THAW if want else FREEZE
                         list(pool.map(lambda h, c=command: common.ssh(lab, h, c), hosts))
                         state = want
-                    timeline.append((time.time(), state))
+                    marks.append((began, time.time(), state))
             finally:
                 list(pool.map(lambda h: common.ssh(lab, h, THAW), hosts))
 
     return run
 
 
-def intervals(
-    timeline: list[tuple[float, bool]], by_name: dict[str, list[float]]
-) -> list[dict[str, Any]]:
-    """Each whole interval after the first, while every kind of task still had some queued (the
-    mix's two queues empty at different times, and the rate changes then): state, seconds,
-    tasks/s."""
+def intervals(marks: Marks, by_name: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Each whole interval from the fourth on (the first is the workers' start, the next pair
+    their warm-up), each without the fan-outs at its ends (their SSH runs and the moment the
+    hosts differ), while every kind of task still had some queued (the mix's two queues empty at
+    different times, and the rate changes then): k, state, seconds, tasks/s."""
     last = min(max(times) for times in by_name.values()) - 1.0
     ends = [e for times in by_name.values() for e in times]
     out = []
-    for (t0, state), (t1, _) in itertools.pairwise(timeline[1:]):
+    for k in range(3, len(marks) - 1):
+        t0, t1, state = marks[k][1], marks[k + 1][0], marks[k][2]
         if t1 > last:
             break
         n = sum(1 for e in ends if t0 <= e < t1)
-        out.append({"on": state, "s": round(t1 - t0, 3), "tasks_per_s": round(n / (t1 - t0), 2)})
+        out.append(
+            {"k": k, "on": state, "s": round(t1 - t0, 3), "tasks_per_s": round(n / (t1 - t0), 2)}
+        )
     return out
 
 
-def pairs(rows: list[dict[str, Any]]) -> list[float]:
-    """with/without per pair of neighbouring intervals (off,on or on,off: metrics_on's order)."""
+def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Per pair of neighbouring intervals (3,4), (5,6)...: its order ("on,off" or "off,on", in
+    turn: metrics_on) and with/without."""
     out = []
     for a, b in zip(rows[0::2], rows[1::2], strict=False):
-        if a["on"] != b["on"]:
+        if a["on"] != b["on"] and a["k"] + 1 == b["k"] and min(a["tasks_per_s"], b["tasks_per_s"]):
             on, off = (a, b) if a["on"] else (b, a)
-            out.append(on["tasks_per_s"] / off["tasks_per_s"])
+            out.append(("on,off" if a["on"] else "off,on", on["tasks_per_s"] / off["tasks_per_s"]))
     return out
 
 
-def summary(ratios: list[float]) -> dict[str, Any]:
-    logs = [math.log(r) for r in ratios]
-    mean = statistics.fmean(logs)
-    half = 2.0 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else float("nan")
+def summary(got: list[tuple[str, float]]) -> dict[str, Any]:
+    """The mean of the two orders' mean log ratios (what goes first in a pair weighs the same
+    either way), ±2 standard errors; and each order's own, whose gap is the order's effect."""
+    by_order = {o: [math.log(r) for g, r in got if g == o] for o in ("on,off", "off,on")}
+    if min(len(v) for v in by_order.values()) < 2:
+        return {"pairs": len(got), "too_few": True}
+    means = {o: statistics.fmean(v) for o, v in by_order.items()}
+    se = 0.5 * math.sqrt(sum(statistics.variance(v) / len(v) for v in by_order.values()))
+    mean = statistics.fmean(means.values())
     return {
-        "pairs": len(ratios),
-        "median_pair": round(statistics.median(ratios), 4),
-        "geomean": round(math.exp(mean), 4),
-        "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
+        "pairs": len(got),
+        "balanced": round(math.exp(mean), 4),
+        "ci95": [round(math.exp(mean - 2 * se), 4), round(math.exp(mean + 2 * se), 4)],
+        "median_pair": round(statistics.median(r for _, r in got), 4),
+        **{f"{o}_pairs": len(v) for o, v in by_order.items()},
+        **{f"{o}_geomean": round(math.exp(m), 4) for o, m in means.items()},
     }
 
 
@@ -118,39 +136,27 @@ def main() -> None:
     p.add_argument("--period", type=float, default=6.0, help="seconds per interval")
     a = p.parse_args()
     common.ready_for_bursts(a.lab)
-    ratios: dict[str, list[float]] = {}
-    sums: dict[tuple[str, bool], list[float]] = {}
+    ratios: dict[str, list[tuple[str, float]]] = {}
     for run in range(1, min(a.runs, 10) + 1):
         for kind in a.kinds.split(","):
-            timeline: list[tuple[float, bool]] = []
+            marks: Marks = []
             r = common.held_burst(
                 a.lab,
                 kind,
                 int(COUNTS[kind] * a.scale),
                 throughput.UNITS_STOP,
                 throughput.UNITS_START,
-                while_running=freeze_toggler(a.lab, a.period, timeline),
+                while_running=freeze_toggler(a.lab, a.period, marks),
                 timeline=True,
             )
-            ends = r.pop("ends")
-            rows = intervals(timeline, ends)
+            rows = intervals(marks, r.pop("ends"))
             got = pairs(rows)
             ratios.setdefault(kind, []).extend(got)
-            for row in rows:
-                sums.setdefault((kind, row["on"]), []).append(row["tasks_per_s"])
             common.emit(
                 {"bench": "metrics_freeze", "run": run, **r, "period_s": a.period}
-                | {"intervals": rows, "pair_ratios": [round(x, 4) for x in got]}
+                | {"intervals": rows, "pairs": [[o, round(x, 4)] for o, x in got]}
             )
-    out = {
-        kind: {
-            **summary(got),
-            "mean_on_over_off": round(
-                statistics.fmean(sums[kind, True]) / statistics.fmean(sums[kind, False]), 4
-            ),
-        }
-        for kind, got in ratios.items()
-    }
+    out = {kind: summary(got) for kind, got in ratios.items()}
     print(json.dumps({"bench": "metrics_freeze-summary", "load": common.load(), **out}, indent=2))
 
 
