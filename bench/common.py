@@ -6,6 +6,7 @@ Every command runs on the controller as root from the repository, with .venv's t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,10 @@ def workers(name: str) -> list[str]:
     return [h for h in FLEETS[name][1] if h.startswith("worker")]
 
 
+def every_host(name: str) -> list[str]:
+    return ["data1", "ops1", *workers(name)]
+
+
 def pin_hosts(name: str, cpus: dict[str, str]) -> None:
     """Set the CPU affinity of every process of each named lab host (`taskset -a -cp`), e.g.
     {"ops1": "1", "data1": "0"}; what they fork later inherits it. A host's processes are those of
@@ -207,6 +212,24 @@ def pin_hosts(name: str, cpus: dict[str, str]) -> None:
             pids = {pid for f in top.rglob("cgroup.procs") for pid in f.read_text().split()}
             for pid in sorted(pids):  # a process gone meanwhile: taskset fails, nothing to do
                 subprocess.run(["taskset", "-a", "-cp", cpu, pid], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def ops1_apart(name: str, cpu: str) -> Iterator[None]:
+    """With `cpu` ("1"): every process of ops1 on that CPU, every other host's on the rest, as if
+    ops1 (Prometheus, Alertmanager, the Celery exporter, the load generator) were a machine of its
+    own; every host on every CPU again at the end. With "": nothing."""
+    hosts = every_host(name)
+    cpus = os.cpu_count() or 1
+    if not cpu:
+        yield
+        return
+    rest = ",".join(str(c) for c in range(cpus) if str(c) != cpu)
+    pin_hosts(name, {h: (cpu if h == "ops1" else rest) for h in hosts})
+    try:
+        yield
+    finally:
+        pin_hosts(name, dict.fromkeys(hosts, f"0-{cpus - 1}"))
 
 
 def median(values: list[float]) -> float:

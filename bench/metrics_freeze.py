@@ -2,7 +2,7 @@
 """Issue 14: what the metrics cost the tasks' throughput, interval by interval in long bursts.
 
     .venv/bin/python bench/metrics_freeze.py [--lab bench] [--runs 3] [--kinds noop,mix]
-                                             [--period 6] [--scale 1]
+                                             [--period 6] [--scale 1] [--ops1-cpu 1]
 
 Why another bench: bench/throughput.py's `systemd-nomonitoring` compares bursts a minute apart,
 and this machine's speed drifts by ±10 % over such times (docs/BENCHMARKS.md): 20 pairs leave a
@@ -21,6 +21,11 @@ Prometheus skips its scrapes (no backlog). The first interval of a pair ran 3 to
 second in either state (docs/BENCHMARKS.md): the orders on,off and off,on alternate and weigh
 the same in the estimate. Printed per kind: that balanced ratio with ±2 standard errors,
 each order's own geometric mean, and the median pair.
+
+`--ops1-cpu 1`: ops1 on CPU 1, the other hosts on the rest (common.ops1_apart), the layout of real
+servers, where Prometheus, Alertmanager and the Celery exporter run on a host of their own and
+only a node exporter (and, on the data host, the Redis and PostgreSQL exporters) shares the
+workers' and the data's CPUs.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ Marks = list[tuple[float, float, bool]]
 def freeze_toggler(lab: str, period: float, marks: Marks) -> Any:
     """While the burst runs: every `period` s the next interval's state, set on every host at
     once; each boundary appended to `marks`."""
-    hosts = throughput.every_host(lab)
+    hosts = common.every_host(lab)
 
     def run(p: subprocess.Popen[str]) -> None:
         state, k = True, 0
@@ -134,9 +139,18 @@ def summary(got: list[tuple[str, float]]) -> dict[str, Any]:
 def main() -> None:
     p = common.burst_parser(__doc__, "noop,mix")
     p.add_argument("--period", type=float, default=6.0, help="seconds per interval")
+    p.add_argument("--ops1-cpu", default="", help="ops1 on this CPU, the other hosts on the rest")
     a = p.parse_args()
     common.ready_for_bursts(a.lab)
     ratios: dict[str, list[tuple[str, float]]] = {}
+    with common.ops1_apart(a.lab, a.ops1_cpu):
+        runs(a, ratios)
+    out = {kind: summary(got) for kind, got in ratios.items()}
+    print(json.dumps({"bench": "metrics_freeze-summary", "load": common.load(), **out}, indent=2))
+
+
+def runs(a: Any, ratios: dict[str, list[tuple[str, float]]]) -> None:
+    """The runs, each kind's pairs added to `ratios`, a JSON line per run and kind."""
     for run in range(1, min(a.runs, 10) + 1):
         for kind in a.kinds.split(","):
             marks: Marks = []
@@ -154,10 +168,9 @@ def main() -> None:
             ratios.setdefault(kind, []).extend(got)
             common.emit(
                 {"bench": "metrics_freeze", "run": run, **r, "period_s": a.period}
+                | ({"ops1_cpu": a.ops1_cpu} if a.ops1_cpu else {})
                 | {"intervals": rows, "pairs": [[o, round(x, 4)] for o, x in got]}
             )
-    out = {kind: summary(got) for kind, got in ratios.items()}
-    print(json.dumps({"bench": "metrics_freeze-summary", "load": common.load(), **out}, indent=2))
 
 
 if __name__ == "__main__":

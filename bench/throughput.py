@@ -33,7 +33,6 @@ first round of scrapes are not their running cost).
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import common
@@ -115,55 +114,45 @@ MODES = {
 EVERY_HOST = {"systemd-nomonitoring": (MONITORING_STOP, MONITORING_START)}
 
 
-def every_host(lab: str) -> list[str]:
-    return ["data1", "ops1", *common.workers(lab)]
-
-
 def main() -> None:
     p = common.burst_parser(__doc__, "noop,probe,mix")
     p.add_argument("--modes", default=",".join(MODES), help="of: " + ",".join(MODES))
     p.add_argument("--ops1-cpu", default="", help="ops1 on this CPU, the other hosts on the rest")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    cpus = os.cpu_count() or 1
-    if a.ops1_cpu:
-        rest = ",".join(str(c) for c in range(cpus) if str(c) != a.ops1_cpu)
-        pins = {h: (a.ops1_cpu if h == "ops1" else rest) for h in every_host(a.lab)}
-        common.pin_hosts(a.lab, pins)
     modes = {m: MODES[m] for m in a.modes.split(",")}
     common.ready_for_bursts(a.lab)
     if "systemd-before" in modes:
         common.put_variants(a.lab)
     rates: dict[tuple[str, str], list[float]] = {}
-    try:
-        for run in range(1, min(a.runs, 20) + 1):
-            for kind in kinds:
-                # Every other run in the reverse order: no mode always goes first.
-                order = list(modes.items())[:: 1 if run % 2 else -1]
-                for mode, (stop, start, after) in order:
-                    count = int(COUNTS[kind] * a.scale)
-                    before, after_all = EVERY_HOST.get(mode, ("", ""))
-                    for host in every_host(a.lab) if before else []:
-                        common.ssh(a.lab, host, before)
-                    try:
-                        r = common.held_burst(a.lab, kind, count, stop, start)
-                    finally:
-                        for host in every_host(a.lab) if after_all else []:
-                            common.ssh(a.lab, host, after_all)
-                        if after_all:
-                            time.sleep(MONITORING_WARMUP_S)
-                    for host in common.workers(a.lab) if after else []:
-                        common.ssh(a.lab, host, after)
-                    record = {"bench": "throughput", "run": run, "mode": mode, **r}
-                    common.emit({**record, "ops1_cpu": a.ops1_cpu} if a.ops1_cpu else record)
-                    rates.setdefault((kind, mode), []).append(r["tasks_per_s"])
-    finally:
-        for host in common.workers(a.lab):
-            common.ssh(a.lab, host, HAND_STOP + UNJOURNAL + UNITS_START)
-        for host in every_host(a.lab):
-            common.ssh(a.lab, host, MONITORING_START)
-        if a.ops1_cpu:
-            common.pin_hosts(a.lab, {h: f"0-{cpus - 1}" for h in every_host(a.lab)})
+    with common.ops1_apart(a.lab, a.ops1_cpu):
+        try:
+            for run in range(1, min(a.runs, 20) + 1):
+                for kind in kinds:
+                    # Every other run in the reverse order: no mode always goes first.
+                    order = list(modes.items())[:: 1 if run % 2 else -1]
+                    for mode, (stop, start, after) in order:
+                        count = int(COUNTS[kind] * a.scale)
+                        before, after_all = EVERY_HOST.get(mode, ("", ""))
+                        for host in common.every_host(a.lab) if before else []:
+                            common.ssh(a.lab, host, before)
+                        try:
+                            r = common.held_burst(a.lab, kind, count, stop, start)
+                        finally:
+                            for host in common.every_host(a.lab) if after_all else []:
+                                common.ssh(a.lab, host, after_all)
+                            if after_all:
+                                time.sleep(MONITORING_WARMUP_S)
+                        for host in common.workers(a.lab) if after else []:
+                            common.ssh(a.lab, host, after)
+                        record = {"bench": "throughput", "run": run, "mode": mode, **r}
+                        common.emit({**record, "ops1_cpu": a.ops1_cpu} if a.ops1_cpu else record)
+                        rates.setdefault((kind, mode), []).append(r["tasks_per_s"])
+        finally:
+            for host in common.workers(a.lab):
+                common.ssh(a.lab, host, HAND_STOP + UNJOURNAL + UNITS_START)
+            for host in common.every_host(a.lab):
+                common.ssh(a.lab, host, MONITORING_START)
     common.wait_nodes(a.lab)
     summary = {}
     for kind in kinds:

@@ -75,7 +75,7 @@ def read_cpu(lab: str) -> Cpu:
     invocation."""
     patterns = " ".join(f"'{p}'" for ps in GROUPS.values() for p in ps)
     out: dict[tuple[str, str], tuple[str, int]] = {}
-    for host in throughput.every_host(lab):
+    for host in common.every_host(lab):
         for line in common.ssh(lab, host, READ.format(patterns=patterns)).splitlines():
             unit, invocation, ticks = line.split()
             out[host, unit] = (invocation, int(ticks) * TICK_NS)
@@ -96,7 +96,7 @@ def burst(
 ) -> tuple[dict[str, Any], list[Cpu], float]:
     """One held burst: its figures; the CPU read before the sends, when the workers start and
     after the last task; its wall time."""
-    hosts = throughput.every_host(lab)
+    hosts = common.every_host(lab)
     for host in hosts if not metrics else []:
         common.ssh(lab, host, throughput.MONITORING_STOP)
     try:
@@ -135,6 +135,11 @@ def share(groups: dict[str, float]) -> float:
     return round(sum(groups.get(g, 0.0) for g in METRICS) / max(sum(groups.values()), 1e-9), 3)
 
 
+def per_task(groups: dict[str, float], count: int) -> dict[str, float]:
+    """Each group's CPU in µs per task, by group name."""
+    return {g: ms * 1000 / count for g, ms in sorted(groups.items())}
+
+
 def main() -> None:
     p = common.burst_parser(__doc__, "noop,mix")
     p.add_argument("--without-metrics", action="store_true", help="also bursts without them")
@@ -157,6 +162,7 @@ def main() -> None:
         # sends before it publish a task-sent event per task, one message each, that the
         # exporter and Flower read then.
         running, _ = spent(at_start, after)
+        burst_us, running_us = per_task(groups, count), per_task(running, count)
         record = {
             "bench": "unit_cpu",
             "run": run,
@@ -166,11 +172,9 @@ def main() -> None:
             "tasks_per_s": r["tasks_per_s"],
             "wall_s": round(wall, 1),
             "cpu_ms": {g: round(ms) for g, ms in sorted(groups.items())},
-            "us_per_task": {g: round(ms * 1000 / count) for g, ms in sorted(groups.items())},
+            "us_per_task": {g: round(us) for g, us in burst_us.items()},
             "metrics_share": share(groups),
-            "running_us_per_task": {
-                g: round(ms * 1000 / count) for g, ms in sorted(running.items())
-            },
+            "running_us_per_task": {g: round(us) for g, us in running_us.items()},
             "running_metrics_share": share(running),
             # Against the workers' own CPU: what the metrics add where the tasks run and the
             # broker lives (on real servers ops1's Prometheus and exporter use other CPUs).
@@ -179,8 +183,8 @@ def main() -> None:
             ),
         }
         common.emit(record)
-        for g, ms in groups.items():
-            per_group.setdefault((kind_key, g), []).append(ms * 1000 / count)
+        for g, us in burst_us.items():
+            per_group.setdefault((kind_key, g), []).append(us)
         per_group.setdefault((kind_key, "metrics off ops1"), []).append(
             metrics_off_ops1 * 1000 / count
         )
@@ -188,8 +192,8 @@ def main() -> None:
         per_group.setdefault((kind_key, "running: metrics share ‰"), []).append(
             share(running) * 1000
         )
-        for g, ms in running.items():
-            per_group.setdefault((kind_key, f"running: {g}"), []).append(ms * 1000 / count)
+        for g, us in running_us.items():
+            per_group.setdefault((kind_key, f"running: {g}"), []).append(us)
     summary = {
         key: {g: round(common.median(v)) for (k, g), v in sorted(per_group.items()) if k == key}
         for key in dict.fromkeys(k for k, _ in per_group)

@@ -41,6 +41,17 @@ def test_every_target_up(host: Any) -> None:
     assert redis == {"broker", "results"}, seen
 
 
+def test_node_exporters_run_the_collectors_the_rules_read(host: Any) -> None:
+    """The collectors the rules and dashboards read answer on every host; the two the role turns
+    off by default (node_exporter_disabled_collectors: their CPU, series nothing reads) do not."""
+    hosts = {"data1", "worker1", "worker2", "ops1"}
+    for collector in ("cpu", "filesystem", "meminfo", "textfile"):
+        query = f'node_scrape_collector_success{{collector="{collector}"}} == 1'
+        assert {s["metric"]["host"] for s in prom(host, query)} == hosts, collector
+    off = prom(host, 'node_scrape_collector_success{collector=~"systemd|netclass"}')
+    assert off == [], off
+
+
 def test_a_task_counter_grows_after_it_runs(host: Any) -> None:
     query = 'sum(celery_task_succeeded_total{name="ops.probe",queue_name="pricing"})'
 
