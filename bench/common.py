@@ -219,11 +219,10 @@ def ops1_apart(name: str, cpu: str) -> Iterator[None]:
     """With `cpu` ("1"): every process of ops1 on that CPU, every other host's on the rest, as if
     ops1 (Prometheus, Alertmanager, the Celery exporter, the load generator) were a machine of its
     own; every host on every CPU again at the end. With "": nothing."""
-    hosts = every_host(name)
-    cpus = os.cpu_count() or 1
     if not cpu:
         yield
         return
+    hosts, cpus = every_host(name), os.cpu_count() or 1
     rest = ",".join(str(c) for c in range(cpus) if str(c) != cpu)
     pin_hosts(name, {h: (cpu if h == "ops1" else rest) for h in hosts})
     try:

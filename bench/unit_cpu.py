@@ -113,8 +113,6 @@ def burst(
     finally:
         for host in hosts if not metrics else []:
             common.ssh(lab, host, throughput.MONITORING_START)
-        if not metrics:  # their start and first scrapes are not their running cost
-            time.sleep(throughput.MONITORING_WARMUP_S)
         if not metrics:
             time.sleep(throughput.MONITORING_WARMUP_S)
 
