@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/metrics_freeze.py [--lab bench] [--runs 3] [--kinds noop,mix]
                                              [--period 6] [--scale 1] [--ops1-cpu 1]
+                                             [--units 'celery-exporter*']   (one part alone)
+    .venv/bin/python bench/metrics_freeze.py --from-log OUTPUT [OUTPUT...]   (pooled, no run)
 
 Why another bench: bench/throughput.py's `systemd-nomonitoring` compares bursts a minute apart,
 and this machine's speed drifts by ±10 % over such times (docs/BENCHMARKS.md): 20 pairs leave a
@@ -36,6 +38,7 @@ import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import common
@@ -44,11 +47,14 @@ import throughput
 # Long enough for ~20 intervals of 6 s at the lab's rates (no-op ~550/s, the mix ~125/s); the
 # mix's 16,000 messages take ~90 MB of the broker's 512 MB.
 COUNTS = {"noop": 60_000, "mix": 16_000}
-SIGNAL = (
-    "systemctl list-units --state=active --type=service --plain --no-legend"
-    f" {throughput.MONITORING_UNITS} | awk '{{print $1}}' | xargs -r systemctl kill --signal="
-)
-FREEZE, THAW = SIGNAL + "SIGSTOP\n", SIGNAL + "SIGCONT\n"
+
+
+def signal(units: str, sig: str) -> str:
+    """The command that sends `sig` to every active unit matching `units` on a host."""
+    return (
+        f"systemctl list-units --state=active --type=service --plain --no-legend {units}"
+        f" | awk '{{print $1}}' | xargs -r systemctl kill --signal={sig}\n"
+    )
 
 
 def metrics_on(k: int) -> bool:
@@ -61,10 +67,11 @@ def metrics_on(k: int) -> bool:
 Marks = list[tuple[float, float, bool]]
 
 
-def freeze_toggler(lab: str, period: float, marks: Marks) -> Any:
-    """While the burst runs: every `period` s the next interval's state, set on every host at
-    once; each boundary appended to `marks`."""
+def freeze_toggler(lab: str, period: float, marks: Marks, units: str) -> Any:
+    """While the burst runs: every `period` s the next interval's state of `units`, set on every
+    host at once; each boundary appended to `marks`."""
     hosts = common.every_host(lab)
+    freeze, thaw = signal(units, "SIGSTOP"), signal(units, "SIGCONT")
 
     def run(p: subprocess.Popen[str]) -> None:
         state, k = True, 0
@@ -77,12 +84,12 @@ def freeze_toggler(lab: str, period: float, marks: Marks) -> Any:
                     k += 1
                     want, began = metrics_on(k), time.time()
                     if want != state:
-                        command = THAW if want else FREEZE
+                        command = thaw if want else freeze
                         list(pool.map(lambda h, c=command: common.ssh(lab, h, c), hosts))
                         state = want
                     marks.append((began, time.time(), state))
             finally:
-                list(pool.map(lambda h: common.ssh(lab, h, THAW), hosts))
+                list(pool.map(lambda h: common.ssh(lab, h, thaw), hosts))
 
     return run
 
@@ -91,33 +98,83 @@ def intervals(marks: Marks, by_name: dict[str, list[float]]) -> list[dict[str, A
     """Each whole interval from the fourth on (the first is the workers' start, the next pair
     their warm-up), each without the fan-outs at its ends (their SSH runs and the moment the
     hosts differ), while every kind of task still had some queued (the mix's two queues empty at
-    different times, and the rate changes then): k, state, seconds, tasks/s."""
+    different times, and the rate changes then): k, state, seconds, tasks/s, and for the mix
+    the tasks ended per task name (each name has its queue and worker instance)."""
     last = min(max(times) for times in by_name.values()) - 1.0
-    ends = [e for times in by_name.values() for e in times]
     out = []
     for k in range(3, len(marks) - 1):
         t0, t1, state = marks[k][1], marks[k + 1][0], marks[k][2]
         if t1 > last:
             break
-        n = sum(1 for e in ends if t0 <= e < t1)
+        ended = {name: sum(1 for e in times if t0 <= e < t1) for name, times in by_name.items()}
+        n = sum(ended.values())
         out.append(
             {"k": k, "on": state, "s": round(t1 - t0, 3), "tasks_per_s": round(n / (t1 - t0), 2)}
+            | ({"ended": ended} if len(ended) > 1 else {})
         )
     return out
 
 
-def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+def pairs(rows: list[dict[str, Any]], name: str = "") -> list[tuple[str, float]]:
     """Per pair of neighbouring intervals (3,4), (5,6)...: its order ("on,off" or "off,on", in
-    turn: metrics_on) and with/without."""
+    turn: metrics_on) and with/without; of every task, or of one task name's (the mix's)."""
+
+    def rate(row: dict[str, Any]) -> float:
+        return row["ended"][name] / row["s"] if name else float(row["tasks_per_s"])
+
     out = []
     for a, b in zip(rows[0::2], rows[1::2], strict=False):
-        if a["on"] != b["on"] and a["k"] + 1 == b["k"] and min(a["tasks_per_s"], b["tasks_per_s"]):
+        if a["on"] != b["on"] and a["k"] + 1 == b["k"] and min(rate(a), rate(b)):
             on, off = (a, b) if a["on"] else (b, a)
-            out.append(("on,off" if a["on"] else "off,on", on["tasks_per_s"] / off["tasks_per_s"]))
+            out.append(("on,off" if a["on"] else "off,on", rate(on) / rate(off)))
     return out
 
 
-def summary(got: list[tuple[str, float]]) -> dict[str, Any]:
+def by_name(rows: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
+    """The mix's pairs per task name ("mix:pricing", "mix:notifications"): each has its queue
+    and worker instance, so which of the two the metrics slow shows apart."""
+    names = rows[0].get("ended", {}) if rows else {}
+    return {f"mix:{n.split('.')[0]}": pairs(rows, n) for n in names}
+
+
+# Per kind (and "mix:NAME"), the pairs of each run.
+Ratios = dict[str, list[list[tuple[str, float]]]]
+
+
+def add_run(ratios: Ratios, kind: str, rows: list[dict[str, Any]], got: list[Any]) -> None:
+    ratios.setdefault(kind, []).append([(o, x) for o, x in got])
+    for key, named in by_name(rows).items():
+        ratios.setdefault(key, []).append(named)
+
+
+def from_log(paths: list[str]) -> Ratios:
+    """The pairs of earlier runs: every run's line in these outputs."""
+    ratios: Ratios = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line) if line.startswith('{"bench": "metrics_freeze"') else {}
+            if r.get("bench") == "metrics_freeze":
+                add_run(ratios, r["kind"], r["intervals"], r["pairs"])
+    return ratios
+
+
+def summary(per_run: list[list[tuple[str, float]]]) -> dict[str, Any]:
+    """Every run's pairs pooled (balanced(), ±2 standard errors of the pairs), and each run's
+    own estimate with their mean ±2 standard errors of the runs: runs differ by more than their
+    pairs say (one run of the exporter alone read x1.040 with 1.007-1.074), so the runs' bounds
+    are the honest ones."""
+    out = balanced([p for run in per_run for p in run])
+    each = [balanced(run).get("balanced") for run in per_run]
+    logs = [math.log(x) for x in each if x]
+    out["per_run"] = [x for x in each if x]
+    if len(logs) >= 3:
+        mean, se = statistics.fmean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+        out["runs_mean"] = round(math.exp(mean), 4)
+        out["runs_ci95"] = [round(math.exp(mean - 2 * se), 4), round(math.exp(mean + 2 * se), 4)]
+    return out
+
+
+def balanced(got: list[tuple[str, float]]) -> dict[str, Any]:
     """The mean of the two orders' mean log ratios (what goes first in a pair weighs the same
     either way), ±2 standard errors; and each order's own, whose gap is the order's effect."""
     by_order = {o: [math.log(r) for g, r in got if g == o] for o in ("on,off", "off,on")}
@@ -140,16 +197,23 @@ def main() -> None:
     p = common.burst_parser(__doc__, "noop,mix")
     p.add_argument("--period", type=float, default=6.0, help="seconds per interval")
     p.add_argument("--ops1-cpu", default="", help="ops1 on this CPU, the other hosts on the rest")
+    p.add_argument(
+        "--units",
+        default=throughput.MONITORING_UNITS,
+        help="the units frozen and thawed (systemctl patterns): one part of the metrics alone",
+    )
+    p.add_argument("--from-log", nargs="+", default=[], help="no run: the summary of these")
     a = p.parse_args()
-    common.ready_for_bursts(a.lab)
-    ratios: dict[str, list[tuple[str, float]]] = {}
-    with common.ops1_apart(a.lab, a.ops1_cpu):
-        runs(a, ratios)
+    ratios = from_log(a.from_log)
+    if not a.from_log:
+        common.ready_for_bursts(a.lab)
+        with common.ops1_apart(a.lab, a.ops1_cpu):
+            runs(a, ratios)
     out = {kind: summary(got) for kind, got in ratios.items()}
     print(json.dumps({"bench": "metrics_freeze-summary", "load": common.load(), **out}, indent=2))
 
 
-def runs(a: Any, ratios: dict[str, list[tuple[str, float]]]) -> None:
+def runs(a: Any, ratios: Ratios) -> None:
     """The runs, each kind's pairs added to `ratios`, a JSON line per run and kind."""
     for run in range(1, min(a.runs, 10) + 1):
         for kind in a.kinds.split(","):
@@ -160,15 +224,16 @@ def runs(a: Any, ratios: dict[str, list[tuple[str, float]]]) -> None:
                 int(COUNTS[kind] * a.scale),
                 throughput.UNITS_STOP,
                 throughput.UNITS_START,
-                while_running=freeze_toggler(a.lab, a.period, marks),
+                while_running=freeze_toggler(a.lab, a.period, marks, a.units),
                 timeline=True,
             )
             rows = intervals(marks, r.pop("ends"))
             got = pairs(rows)
-            ratios.setdefault(kind, []).extend(got)
+            add_run(ratios, kind, rows, got)
             common.emit(
                 {"bench": "metrics_freeze", "run": run, **r, "period_s": a.period}
                 | ({"ops1_cpu": a.ops1_cpu} if a.ops1_cpu else {})
+                | ({"units": a.units} if a.units != throughput.MONITORING_UNITS else {})
                 | {"intervals": rows, "pairs": [[o, round(x, 4)] for o, x in got]}
             )
 
