@@ -319,6 +319,12 @@ def settle(busy_below: float = 0.2, most: float = 90.0) -> float:
             return round(waited, 1)
 
 
+# The fleet's worker units on a worker host. The instances by name too: `systemctl stop` of the
+# target alone returns while they still stop.
+UNITS_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'\n"
+UNITS_START = "systemctl start celery-workers.target\n"
+
+
 def held_burst(
     name: str,
     kind: str,
@@ -374,5 +380,5 @@ def burst_parser(doc: str, kinds: str) -> argparse.ArgumentParser:
 def ready_for_bursts(name: str) -> None:
     prepare(name)
     for host in workers(name):  # a run interrupted inside a burst left them stopped
-        ssh(name, host, "systemctl start celery-workers.target")
+        ssh(name, host, UNITS_START)
     wait_nodes(name)

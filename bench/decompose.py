@@ -119,8 +119,6 @@ for h in $(nft -a list chain inet firewall input | awk '/bench-plain/ {{print $N
 done
 """
 HOLD = f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; {REDIS} -p 6380 RENAME default bench:hold"
-FLEET_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'"
-FLEET_START = "systemctl start celery-workers.target"
 
 
 def on_workers(lab: str, command: str) -> list[str]:
@@ -298,7 +296,7 @@ def main() -> None:
     common.put_variants(lab)
     plain = any("tls" in VARIANTS[n][2] for n in names)
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    on_workers(lab, FLEET_STOP)
+    on_workers(lab, common.UNITS_STOP)
     try:
         if plain:
             common.ssh(lab, "data1", PLAIN_OPEN, stdin=common.redis_admin_password() + "\n")
@@ -312,7 +310,7 @@ def main() -> None:
             common.ssh(
                 lab, "data1", PLAIN_CLOSE, stdin=common.redis_admin_password() + "\n", check=False
             )
-        on_workers(lab, STOP + "; " + FLEET_START)
+        on_workers(lab, STOP + "; " + common.UNITS_START)
     common.wait_nodes(lab)
     report(results, a.chart)
 

@@ -164,9 +164,8 @@ def summary(per_run: list[list[tuple[str, float]]]) -> dict[str, Any]:
     pairs say (one run of the exporter alone read x1.040 with 1.007-1.074), so the runs' bounds
     are the honest ones."""
     out = balanced([p for run in per_run for p in run])
-    each = [balanced(run).get("balanced") for run in per_run]
-    logs = [math.log(x) for x in each if x]
-    out["per_run"] = [x for x in each if x]
+    out["per_run"] = [x for run in per_run if (x := balanced(run).get("balanced"))]
+    logs = [math.log(x) for x in out["per_run"]]
     if len(logs) >= 3:
         mean, se = statistics.fmean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
         out["runs_mean"] = round(math.exp(mean), 4)

@@ -58,9 +58,7 @@ for i in pricing notifications batch; do
   rm -f /run/bench-hand-$i.pid
 done
 """
-# The instances by name too: `systemctl stop` of the target alone returns while they still stop.
-UNITS_STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'\n"
-UNITS_START = "systemctl start celery-workers.target\n"
+UNITS_STOP, UNITS_START = common.UNITS_STOP, common.UNITS_START  # appendfsync.py imports them here
 # Diagnostics, each a drop-in in /run removed after the burst: the units without their
 # stdout/stderr in the journal (the app logs to --logfile only, app/logs.py: it should match
 # systemd), and the units without sd_notify and the watchdog.

@@ -19,9 +19,6 @@ import json
 import common
 import yaml
 
-STOP = "systemctl stop celery-workers.target 'celery-worker@*.service'"
-START = "systemctl start celery-workers.target"
-
 
 def deploy(name: str, config: str) -> list[str]:
     path = common.BENCH / "configs" / f"{config}.yml"
@@ -46,7 +43,7 @@ def main() -> None:
         for run in range(1, min(a.runs, 10) + 1):
             for config in configs:
                 common.wait_nodes(a.lab, tuple(deploy(a.lab, config)))
-                r = common.held_burst(a.lab, "mix", a.count, STOP, START)
+                r = common.held_burst(a.lab, "mix", a.count, common.UNITS_STOP, common.UNITS_START)
                 common.emit({"bench": "tuning", "run": run, "config": config, **r})
                 rates[config].append(r["tasks_per_s"])
     finally:
