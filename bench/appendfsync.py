@@ -21,12 +21,7 @@ MODES = ("everysec", "always")
 
 
 def set_mode(name: str, mode: str) -> None:
-    secret = (common.REPO / ".lab" / "secrets" / "redis_admin_password").read_text().strip()
-    cli = (
-        f"REDISCLI_AUTH={secret} redis-cli --no-auth-warning --user admin --tls "
-        "--cacert /etc/redis/tls/ca.crt -h data1 -p 6380"
-    )
-    out = common.ssh(name, "data1", f"{cli} CONFIG SET appendfsync {mode}")
+    out = common.redis_admin(name, common.BROKER_PORT, f"CONFIG SET appendfsync {mode}")
     assert out.strip() == "OK", out
 
 

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/ceiling.py [--lab bench] [--runs 3] [--count 2000]
 
-redis-benchmark runs on data1 against the deployed Redis (TLS port 6380, the CA, ACL user admin;
+redis-benchmark runs on data1 against the deployed Redis (its TLS port, the CA, ACL user admin;
 -c 50, -n 100000, PING/SET/GET/LPUSH/RPOP). Then a burst of `celery.accumulate` no-op tasks runs
 through the fleet while Redis's `total_commands_processed` is read before and after it (redis-cli,
 the password on stdin): Redis commands per task, the fleet's Redis commands/s, and that rate as a
@@ -19,11 +19,10 @@ import json
 
 import common
 
-TLS = f"{common.REDIS_ADMIN} -p 6380"
+TLS = f"{common.REDIS_ADMIN} -p {common.BROKER_PORT}"
 BENCH = (
     f'read -r pw; redis-benchmark {TLS} -a "$pw" -c 50 -n 100000 -t ping,set,get,lpush,rpop --csv'
 )
-INFO = f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli {TLS} INFO stats"
 
 
 def redis_benchmark(name: str) -> dict[str, float]:
@@ -33,7 +32,7 @@ def redis_benchmark(name: str) -> dict[str, float]:
 
 
 def commands(name: str) -> int:
-    out = common.ssh(name, "data1", INFO, stdin=common.redis_admin_password() + "\n")
+    out = common.redis_admin(name, common.BROKER_PORT, "INFO stats")
     line = next(x for x in out.splitlines() if x.startswith("total_commands_processed:"))
     return int(line.split(":")[1])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -171,10 +174,30 @@ def put(name: str, host: str, local: Path, remote: str) -> None:
 # redis-cli/redis-benchmark options on data1 for the Redis user `admin` over TLS (add -p PORT),
 # its password on stdin (redis_admin_password()).
 REDIS_ADMIN = "-h 127.0.0.1 --tls --cacert /etc/redis/tls/ca.crt --user admin"
+# The deployed Redis's ports, read from roles/redis's defaults (the bench inventories keep them):
+# the broker and the result store over TLS, and their plain ports (closed; decompose's `tls`
+# variants open them for a run).
+_REDIS_DEFAULTS = yaml.safe_load((REPO / "roles" / "redis" / "defaults" / "main.yml").read_text())
+BROKER_PORT = _REDIS_DEFAULTS["redis_tls_port"]
+RESULTS_PORT = _REDIS_DEFAULTS["redis_results_tls_port"]
+BROKER_PLAIN_PORT = _REDIS_DEFAULTS["redis_port"]
+RESULTS_PLAIN_PORT = _REDIS_DEFAULTS["redis_results_port"]
 
 
 def redis_admin_password() -> str:
     return (REPO / ".lab" / "secrets" / "redis_admin_password").read_text().strip()
+
+
+def redis_admin(name: str, port: int, command: str) -> str:
+    """A redis-cli command on data1 as the Redis user `admin`, its password on stdin (never on a
+    command line, where `ps` shows it)."""
+    cli = f"redis-cli --no-auth-warning {REDIS_ADMIN} -p {port}"
+    return ssh(
+        name,
+        "data1",
+        f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; {cli} {command}",
+        stdin=redis_admin_password() + "\n",
+    )
 
 
 VARIANTS_REMOTE = "/opt/bench"  # bench/variants/ on the worker hosts (decompose, throughput)
@@ -197,17 +220,38 @@ def every_host(name: str) -> list[str]:
     return ["data1", "ops1", *workers(name)]
 
 
-def pin_hosts(name: str, cpus: dict[str, str]) -> None:
-    """Set the CPU affinity of every process of each named lab host (`taskset -a -cp`), e.g.
-    {"ops1": "1", "data1": "0"}; what they fork later inherits it. A host's processes are those of
-    its cgroup (lab/labkit/procs.py), read twice to catch a fork in between."""
+def host_cgroup(name: str, host: str) -> Path:
+    """The directory of a lab host's cgroup on this machine (its every process is below it)."""
     sys.path.insert(0, str(REPO / "lab"))
     from labkit.labs import Lab
     from labkit.procs import cgroup_bases
 
-    lab = Lab(name)
+    return cgroup_bases()[0] / "celery-bundle-lab" / Lab(name).netns(host)
+
+
+def signal_units(name: str, hosts: list[str], patterns: list[str], sig: int) -> int:
+    """Send `sig` to every process of the units matching `patterns` (fnmatch, as systemctl's) on
+    `hosts`, from this machine: the lab's hosts share its kernel, so all of them get it within
+    milliseconds and no SSH session spends CPU (an SSH fan-out to 4 hosts took 2.5-3 s of a
+    saturated lab). Returns how many processes got it."""
+    sent = 0
+    for host in hosts:
+        for unit in (host_cgroup(name, host) / "payload" / "system.slice").rglob("*.service"):
+            if not any(fnmatch.fnmatch(unit.name, p) for p in patterns):
+                continue
+            for pid in (unit / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), sig)
+                    sent += 1
+    return sent
+
+
+def pin_hosts(name: str, cpus: dict[str, str]) -> None:
+    """Set the CPU affinity of every process of each named lab host (`taskset -a -cp`), e.g.
+    {"ops1": "1", "data1": "0"}; what they fork later inherits it. A host's processes are those of
+    its cgroup (lab/labkit/procs.py), read twice to catch a fork in between."""
     for host, cpu in cpus.items():
-        top = cgroup_bases()[0] / "celery-bundle-lab" / lab.netns(host)
+        top = host_cgroup(name, host)
         for _ in range(2):
             pids = {pid for f in top.rglob("cgroup.procs") for pid in f.read_text().split()}
             for pid in sorted(pids):  # a process gone meanwhile: taskset fails, nothing to do
@@ -296,12 +340,11 @@ def drain_queues(name: str, queues: tuple[str, ...] = ()) -> bool:
 
 
 def empty_results(name: str) -> None:
-    """An empty result store (data1:6382). A burst stores a result per task and the store evicts
-    at its maxmemory (256 MB, allkeys-lru): after ~200,000 tasks every write evicts and each
+    """An empty result store. A burst stores a result per task and the store evicts at its
+    maxmemory (256 MB, allkeys-lru): after ~200,000 tasks every write evicts and each
     minute's snapshot (`save 60 10000`) writes 256 MB; the mix ran at 26.5 tasks/s against 29-31
     from an empty store. Each burst then starts from the same store, wherever it falls in a run."""
-    cmd = f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli {REDIS_ADMIN} -p 6382 FLUSHALL"
-    ssh(name, "data1", cmd, stdin=redis_admin_password() + "\n")
+    redis_admin(name, RESULTS_PORT, "FLUSHALL")
 
 
 def settle(busy_below: float = 0.2, most: float = 90.0) -> float:

@@ -12,7 +12,7 @@ batch instance's options from worker-batch.env: 2 prefork processes per host, 4 
 celery with app.env), and once both answer a ping data1 moves the list back and times its drain
 (queue and the instance's unacked hash empty). Measured per task: the rate (and per process),
 the workers' CPU (/proc: the main process, its reaped and its live children), and on each Redis
-(broker :6380, results :6382) the commands and CPU (INFO).
+(the broker and the result store) the commands and CPU (INFO).
 
 Variants: `bare` (bench/variants/bare_app.py: Celery's defaults + acks_late, prefetch 1,
 reject_on_worker_lost, results ignored, no events, WARNING, no limits nor recycling) and
@@ -83,9 +83,11 @@ TICK_NS = 10_000_000  # USER_HZ 100
 STOP = f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null; true"
 # On data1 (the admin login on stdin): Redis's commands and CPU, the list put back, its drain.
 REDIS = f"redis-cli --no-auth-warning {common.REDIS_ADMIN}"
+B, R = common.BROKER_PORT, common.RESULTS_PORT
+BP, RP = common.BROKER_PLAIN_PORT, common.RESULTS_PLAIN_PORT
 DRAIN = f"""
 read -r REDISCLI_AUTH; export REDISCLI_AUTH
-B="{REDIS} -p 6380"; R="{REDIS} -p 6382"
+B="{REDIS} -p {B}"; R="{REDIS} -p {R}"
 stats() {{ $1 INFO all | tr -d '\\r' | awk -F: '/^total_commands_processed:/{{c=$2}}
   /^used_cpu_sys:/{{s=$2}} /^used_cpu_user:/{{u=$2}} END{{printf "%d %.6f", c, s+u}}'; }}
 set -- $(stats "$B") $(stats "$R")
@@ -104,21 +106,20 @@ awk -v t0="$t0" -v t1="$t1" -v a="$*" 'BEGIN {{ split(a, v, " ");
   printf "\\"broker_cpu_s\\": %.6f, ", v[6] - v[2];
   printf "\\"results_commands\\": %d, \\"results_cpu_s\\": %.6f}}\\n", v[7] - v[3], v[8] - v[4] }}'
 """
-# `tls` variants: each Redis also listens on its plain port (6379, 6381) for the run, the
+# `tls` variants: each Redis also listens on its plain port for the run, the
 # firewall open to them; closed again at the end (tls_off.py rewrites the URLs).
 PLAIN_OPEN = f"""
 read -r REDISCLI_AUTH; export REDISCLI_AUTH
-{REDIS} -p 6380 CONFIG SET port 6379 && {REDIS} -p 6382 CONFIG SET port 6381
-nft insert rule inet firewall input tcp dport '{{ 6379, 6381 }}' accept comment bench-plain
+{REDIS} -p {B} CONFIG SET port {BP} && {REDIS} -p {R} CONFIG SET port {RP}
+nft insert rule inet firewall input tcp dport '{{ {BP}, {RP} }}' accept comment bench-plain
 """
 PLAIN_CLOSE = f"""
 read -r REDISCLI_AUTH; export REDISCLI_AUTH
-{REDIS} -p 6380 CONFIG SET port 0; {REDIS} -p 6382 CONFIG SET port 0
+{REDIS} -p {B} CONFIG SET port 0; {REDIS} -p {R} CONFIG SET port 0
 for h in $(nft -a list chain inet firewall input | awk '/bench-plain/ {{print $NF}}'); do
   nft delete rule inet firewall input handle "$h"
 done
 """
-HOLD = f"read -r REDISCLI_AUTH; export REDISCLI_AUTH; {REDIS} -p 6380 RENAME default bench:hold"
 
 
 def on_workers(lab: str, command: str) -> list[str]:
@@ -138,7 +139,7 @@ def one(lab: str, name: str, count: int, kind: str) -> dict[str, Any]:
     sent = common.gen(
         lab, "send", "--kind", kind, "--count", str(count), "--queue", "default", timeout=600
     )
-    common.ssh(lab, "data1", HOLD, stdin=common.redis_admin_password() + "\n")
+    common.redis_admin(lab, B, "RENAME default bench:hold")
     on = "guard-every,received" if name == "before" else ""
     on_workers(lab, START.format(app=app, level=level, off=off, drop=drop, on=on))
     try:

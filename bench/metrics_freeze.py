@@ -12,17 +12,22 @@ and this machine's speed drifts by ±10 % over such times (docs/BENCHMARKS.md): 
 throughput.py's `systemd` mode, with its `--kinds`), and every metrics unit of every host
 (Prometheus, Alertmanager, the node, Redis, PostgreSQL and Celery exporters) is frozen (SIGSTOP)
 or thawed (SIGCONT) every `--period` seconds in the order off, on, on, off, off, on, ... (so that
-neither goes first in a pair). Tasks/s per interval comes from the tasks' end times (Celery's
-events, the lab's one clock), without the SSH fan-outs that change the state; each pair of
-intervals gives with/without. Left out: the first interval (the workers' start), the first pair
-(their warm-up) and the intervals after the first of the burst's queues ran dry.
+neither goes first in a pair), by signals sent from this machine straight to the units'
+processes (common.signal_units: the lab's hosts share its kernel, so every host's units change
+within milliseconds and nothing in the lab spends CPU on it; over SSH, as until the seventeenth
+session, a fan-out took 2.5-3 s of each 6 s interval and its sessions' CPU fell on the
+workers' cores). Tasks/s per interval comes from the tasks' end times (Celery's events, the
+lab's one clock); each pair of intervals gives with/without. Left out: the first interval (the
+workers' start), the first pair (their warm-up) and the intervals after the first of the
+burst's queues ran dry.
 
 Conservative: a frozen exporter's events wait in Redis and it reads them after the thaw, so an
 interval with the metrics also pays for the event work of the interval before it. A frozen
-Prometheus skips its scrapes (no backlog). The first interval of a pair ran 3 to 5 % slower than the
-second in either state (docs/BENCHMARKS.md): the orders on,off and off,on alternate and weigh
-the same in the estimate. Printed per kind: that balanced ratio with ±2 standard errors,
-each order's own geometric mean, and the median pair.
+Prometheus skips its scrapes (no backlog). The orders on,off and off,on alternate and weigh the
+same in the estimate (over SSH the first interval of a pair ran 3 to 5 % slower than the second
+in either state; with the local signals the orders differ by less than 1 %). Printed per kind:
+that balanced ratio with ±2 standard errors, each order's own geometric mean, and the median
+pair.
 
 `--ops1-cpu 1`: ops1 on CPU 1, the other hosts on the rest (common.ops1_apart), the layout of real
 servers, where Prometheus, Alertmanager and the Celery exporter run on a host of their own and
@@ -34,10 +39,11 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import signal
 import statistics
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,57 +55,49 @@ import throughput
 COUNTS = {"noop": 60_000, "mix": 16_000}
 
 
-def signal(units: str, sig: str) -> str:
-    """The command that sends `sig` to every active unit matching `units` on a host."""
-    return (
-        f"systemctl list-units --state=active --type=service --plain --no-legend {units}"
-        f" | awk '{{print $1}}' | xargs -r systemctl kill --signal={sig}\n"
-    )
-
-
 def metrics_on(k: int) -> bool:
     """Interval k's state: 0 (the workers' start) on, then off, on, on, off, off, on, on..."""
     return k == 0 or (k % 4) in (2, 3)
 
 
-# Per boundary between intervals: (when its fan-out began, when it ended, the state after it);
+# Per boundary between intervals: (when its signals began, when they ended, the state after it);
 # the two times are one when the state did not change there.
 Marks = list[tuple[float, float, bool]]
 
 
 def freeze_toggler(lab: str, period: float, marks: Marks, units: str) -> Any:
     """While the burst runs: every `period` s the next interval's state of `units`, set on every
-    host at once; each boundary appended to `marks`."""
-    hosts = common.every_host(lab)
-    freeze, thaw = signal(units, "SIGSTOP"), signal(units, "SIGCONT")
+    host at once from this machine (common.signal_units: milliseconds, no SSH); each boundary
+    appended to `marks`."""
+    hosts, patterns = common.every_host(lab), shlex.split(units)
 
     def run(p: subprocess.Popen[str]) -> None:
         state, k = True, 0
         now = time.time()
         marks.append((now, now, True))
-        with ThreadPoolExecutor(len(hosts)) as pool:
-            try:
-                while p.poll() is None:
-                    time.sleep(max(0.0, marks[0][0] + (k + 1) * period - time.time()))
-                    k += 1
-                    want, began = metrics_on(k), time.time()
-                    if want != state:
-                        command = thaw if want else freeze
-                        list(pool.map(lambda h, c=command: common.ssh(lab, h, c), hosts))
-                        state = want
-                    marks.append((began, time.time(), state))
-            finally:
-                list(pool.map(lambda h: common.ssh(lab, h, thaw), hosts))
+        try:
+            while p.poll() is None:
+                time.sleep(max(0.0, marks[0][0] + (k + 1) * period - time.time()))
+                k += 1
+                want, began = metrics_on(k), time.time()
+                if want != state:
+                    sig = signal.SIGCONT if want else signal.SIGSTOP
+                    if not common.signal_units(lab, hosts, patterns, sig):
+                        raise RuntimeError(f"no process of {units} on {hosts}")
+                    state = want
+                marks.append((began, time.time(), state))
+        finally:
+            common.signal_units(lab, hosts, patterns, signal.SIGCONT)
 
     return run
 
 
 def intervals(marks: Marks, by_name: dict[str, list[float]]) -> list[dict[str, Any]]:
     """Each whole interval from the fourth on (the first is the workers' start, the next pair
-    their warm-up), each without the fan-outs at its ends (their SSH runs and the moment the
-    hosts differ), while every kind of task still had some queued (the mix's two queues empty at
-    different times, and the rate changes then): k, state, seconds, tasks/s, and for the mix
-    the tasks ended per task name (each name has its queue and worker instance)."""
+    their warm-up), each without the signalling at its ends (milliseconds: common.signal_units),
+    while every kind of task still had some queued (the mix's two queues empty at different
+    times, and the rate changes then): k, state, seconds, tasks/s, and for the mix the tasks
+    ended per task name (each name has its queue and worker instance)."""
     last = min(max(times) for times in by_name.values()) - 1.0
     out = []
     for k in range(3, len(marks) - 1):
@@ -231,6 +229,7 @@ def runs(a: Any, ratios: Ratios) -> None:
             add_run(ratios, kind, rows, got)
             common.emit(
                 {"bench": "metrics_freeze", "run": run, **r, "period_s": a.period}
+                | {"signals": "local"}
                 | ({"ops1_cpu": a.ops1_cpu} if a.ops1_cpu else {})
                 | ({"units": a.units} if a.units != throughput.MONITORING_UNITS else {})
                 | {"intervals": rows, "pairs": [[o, round(x, 4)] for o, x in got]}
