@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -220,6 +221,7 @@ def every_host(name: str) -> list[str]:
     return ["data1", "ops1", *workers(name)]
 
 
+@functools.cache
 def host_cgroup(name: str, host: str) -> Path:
     """The directory of a lab host's cgroup on this machine (its every process is below it)."""
     sys.path.insert(0, str(REPO / "lab"))
@@ -229,20 +231,28 @@ def host_cgroup(name: str, host: str) -> Path:
     return cgroup_bases()[0] / "celery-bundle-lab" / Lab(name).netns(host)
 
 
+def _cgroup_pids(top: str) -> Iterator[int]:
+    """The processes of a cgroup and of its children; one that ends meanwhile is skipped."""
+    for sub, _, _ in os.walk(top):  # os.walk skips a directory that vanished
+        with contextlib.suppress(FileNotFoundError):
+            yield from (int(pid) for pid in (Path(sub) / "cgroup.procs").read_text().split())
+
+
 def signal_units(name: str, hosts: list[str], patterns: list[str], sig: int) -> int:
-    """Send `sig` to every process of the units matching `patterns` (fnmatch, as systemctl's) on
-    `hosts`, from this machine: the lab's hosts share its kernel, so all of them get it within
-    milliseconds and no SSH session spends CPU (an SSH fan-out to 4 hosts took 2.5-3 s of a
-    saturated lab). Returns how many processes got it."""
+    """Send `sig` to every process of the services whose unit names match `patterns` (fnmatch
+    on NAME.service, e.g. 'prometheus*') on `hosts`, from this machine: the lab's hosts share
+    its kernel, so all of them get it within milliseconds and no SSH session spends CPU (an SSH
+    fan-out to 4 hosts took 2.5-3 s of a saturated lab). Returns how many processes got it."""
     sent = 0
     for host in hosts:
-        for unit in (host_cgroup(name, host) / "payload" / "system.slice").rglob("*.service"):
-            if not any(fnmatch.fnmatch(unit.name, p) for p in patterns):
-                continue
-            for pid in (unit / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), sig)
-                    sent += 1
+        for top, dirs, _ in os.walk(host_cgroup(name, host) / "payload" / "system.slice"):
+            unit = Path(top).name
+            if unit.endswith(".service") and any(fnmatch.fnmatch(unit, p) for p in patterns):
+                dirs.clear()  # its children are read by _cgroup_pids
+                for pid in _cgroup_pids(top):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                        sent += 1
     return sent
 
 

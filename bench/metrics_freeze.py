@@ -25,9 +25,9 @@ Conservative: a frozen exporter's events wait in Redis and it reads them after t
 interval with the metrics also pays for the event work of the interval before it. A frozen
 Prometheus skips its scrapes (no backlog). The orders on,off and off,on alternate and weigh the
 same in the estimate (over SSH the first interval of a pair ran 3 to 5 % slower than the second
-in either state; with the local signals the orders differ by less than 1 %). Printed per kind:
-that balanced ratio with ±2 standard errors, each order's own geometric mean, and the median
-pair.
+in either state; with the local signals by 1 % on shared cores, 3-6 % either way round with
+the metrics host apart). Printed per kind: that balanced ratio with ±2 standard errors, each
+order's own geometric mean, and the median pair.
 
 `--ops1-cpu 1`: ops1 on CPU 1, the other hosts on the rest (common.ops1_apart), the layout of real
 servers, where Prometheus, Alertmanager and the Celery exporter run on a host of their own and
@@ -197,7 +197,7 @@ def main() -> None:
     p.add_argument(
         "--units",
         default=throughput.MONITORING_UNITS,
-        help="the units frozen and thawed (systemctl patterns): one part of the metrics alone",
+        help="the services frozen and thawed (fnmatch on NAME.service, e.g. 'prometheus-node*')",
     )
     p.add_argument("--from-log", nargs="+", default=[], help="no run: the summary of these")
     a = p.parse_args()
