@@ -263,9 +263,9 @@ def pin_hosts(name: str, cpus: dict[str, str]) -> None:
     for host, cpu in cpus.items():
         top = host_cgroup(name, host)
         for _ in range(2):
-            pids = {pid for f in top.rglob("cgroup.procs") for pid in f.read_text().split()}
-            for pid in sorted(pids):  # a process gone meanwhile: taskset fails, nothing to do
-                subprocess.run(["taskset", "-a", "-cp", cpu, pid], capture_output=True, check=False)
+            for pid in sorted(set(_cgroup_pids(str(top)))):  # one gone meanwhile: taskset fails
+                argv = ["taskset", "-a", "-cp", cpu, str(pid)]
+                subprocess.run(argv, capture_output=True, check=False)
 
 
 @contextlib.contextmanager
