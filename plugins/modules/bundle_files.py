@@ -78,10 +78,23 @@ options:
   compare_on_host:
     description:
       - Run on the host even when the preflight's read shows every entry as asked (read by the
-        action, plugins/action/bundle_files.py): for a step after something else, such as a
+        action, plugins/action/bundle_files.py); for a step after something else, such as a
         package's postinst, may have changed its files since the read.
     type: bool
     default: false
+"""
+
+EXAMPLES = r"""
+- name: Settings of the service, written only when they differ
+  bundle_files:
+    files:
+      - { path: /etc/celery, state: directory, group: celery, mode: "0750" }
+      - path: /etc/celery/app.env
+        content: "{{ lookup('template', 'app.env.j2') }}"
+        group: celery
+        mode: "0640"
+  register: _settings
+  no_log: true
 """
 
 RETURN = r"""
@@ -91,6 +104,27 @@ changed_paths:
   elements: str
   returned: always
 """
+
+
+# What DOCUMENTATION describes (tests/docs/test_module_docs.py holds the two together).
+ARGUMENT_SPEC: dict[str, Any] = {
+    "files": {
+        "type": "list",
+        "elements": "dict",
+        "required": True,
+        "options": {
+            "path": {"type": "path", "required": True},
+            "state": {"type": "str", "default": "file", "choices": ["file", "directory"]},
+            "content": {"type": "str"},
+            "owner": {"type": "str", "default": "root"},
+            "group": {"type": "str", "default": "root"},
+            "mode": {"type": "str", "required": True},
+            "validate": {"type": "str"},
+        },
+    },
+    "manifest": {"type": "path", "default": MANIFEST},
+    "compare_on_host": {"type": "bool", "default": False},  # the action's
+}
 
 
 def _ids(entry: dict[str, Any]) -> tuple[int, int]:
@@ -212,24 +246,7 @@ def record(manifest: str, paths: list[str]) -> None:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "files": {
-                "type": "list",
-                "elements": "dict",
-                "required": True,
-                "options": {
-                    "path": {"type": "path", "required": True},
-                    "state": {"type": "str", "default": "file", "choices": ["file", "directory"]},
-                    "content": {"type": "str"},
-                    "owner": {"type": "str", "default": "root"},
-                    "group": {"type": "str", "default": "root"},
-                    "mode": {"type": "str", "required": True},
-                    "validate": {"type": "str"},
-                },
-            },
-            "manifest": {"type": "path", "default": MANIFEST},
-            "compare_on_host": {"type": "bool", "default": False},  # the action's
-        },
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     changed: list[str] = []

@@ -70,6 +70,42 @@ options:
     required: true
 """
 
+EXAMPLES = r"""
+- name: A host's key and certificate, signed by the CA in the same directory
+  bundle_pki:
+    kind: server
+    dir: /srv/pki
+    name: worker1
+    common_name: worker1
+    san: ["DNS:worker1", "IP:10.0.0.12"]
+    eku: [serverAuth, clientAuth]
+    valid_days: 825
+    stamp: "{{ inputs | to_json }}"
+    stamp_path: /srv/pki/worker1.stamp
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+written:
+  description: The files written (none in check mode).
+  type: list
+  elements: str
+  returned: always
+"""
+
+# What DOCUMENTATION describes (tests/docs/test_module_docs.py holds the two together).
+ARGUMENT_SPEC: dict[str, Any] = {
+    "kind": {"type": "str", "choices": ["ca", "server"], "required": True},
+    "dir": {"type": "path", "required": True},
+    "common_name": {"type": "str", "required": True},
+    "valid_days": {"type": "int", "required": True},
+    "san": {"type": "list", "elements": "str", "default": []},
+    "eku": {"type": "list", "elements": "str", "default": []},
+    "name": {"type": "str"},
+    "stamp": {"type": "str", "required": True},
+    "stamp_path": {"type": "path", "required": True},
+}
+
 EKU = {"serverAuth": "SERVER_AUTH", "clientAuth": "CLIENT_AUTH"}
 
 
@@ -209,17 +245,7 @@ def make(params: dict[str, Any], now: datetime.datetime | None = None) -> list[s
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "kind": {"type": "str", "choices": ["ca", "server"], "required": True},
-            "dir": {"type": "path", "required": True},
-            "common_name": {"type": "str", "required": True},
-            "valid_days": {"type": "int", "required": True},
-            "san": {"type": "list", "elements": "str", "default": []},
-            "eku": {"type": "list", "elements": "str", "default": []},
-            "name": {"type": "str"},
-            "stamp": {"type": "str", "required": True},
-            "stamp_path": {"type": "path", "required": True},
-        },
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     if module.check_mode:

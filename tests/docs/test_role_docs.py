@@ -70,3 +70,23 @@ def test_readme_lists_argument_specs(role: Path) -> None:
         f"  missing: {[v for v in options if v not in listed]}\n"
         f"  expected rows, in this order:\n{rows}"
     )
+
+
+def test_client_port_defaults_follow_the_servers() -> None:
+    # The app's Redis and PostgreSQL ports default to the servers' own (a client role's default
+    # mirrors its server's, so `--tags app` needs no data host's facts); the copies must agree.
+    def defaults(name: str) -> dict:
+        return yaml.safe_load((ROLES / name / "defaults" / "main.yml").read_text())
+
+    app, redis, pg = defaults("celery_app"), defaults("redis"), defaults("postgresql")
+    tls_or_plain = re.compile(r"\{\{\s*(\d+) if celery_app_redis_tls \| bool else (\d+)\s*\}\}")
+    mirrored = {
+        "celery_app_redis_port": ("redis_tls_port", "redis_port"),
+        "celery_app_redis_result_port": ("redis_results_tls_port", "redis_results_port"),
+    }
+    for name, (tls, plain) in mirrored.items():
+        match = tls_or_plain.fullmatch(app[name])
+        assert match, f"celery_app's {name}: not '{{{{ TLS if celery_app_redis_tls ... }}}}'"
+        ports = (redis[tls], redis[plain])
+        assert tuple(map(int, match.groups())) == ports, f"{name}: {match.groups()}, redis {ports}"
+    assert app["celery_app_postgresql_port"] == pg["postgresql_port"]
