@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -254,6 +255,13 @@ def signal_units(name: str, hosts: list[str], patterns: list[str], sig: int) -> 
                         os.kill(pid, sig)
                         sent += 1
     return sent
+
+
+def exit_on_hangup() -> None:
+    """SIGTERM and SIGHUP end the command as an exception does, so that its `finally` runs:
+    a bench that froze units thaws them when it is killed or its terminal goes away."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def pin_hosts(name: str, cpus: dict[str, str]) -> None:

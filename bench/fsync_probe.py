@@ -10,8 +10,8 @@ allocated meanwhile (data=ordered), so another host's writes can slow it, even o
 This writes 128 bytes and fsyncs them in a loop, in a file of data1's root (as Redis appends
 to its AOF), while the units are frozen and thawed in turn (off, on, on, off... every
 `--period` s, common.signal_units); per state: fsyncs/s, their latency (p50, p90, p99, mean) and
-the disk's writes (/proc/diskstats). Runs on an idle lab (no burst): only the units' own writes
-differ between the states.
+the disk's writes (/proc/diskstats). Runs on an idle lab (no burst), every host on both CPUs
+(no `--ops1-cpu`): only the units' own writes differ between the states.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def main() -> None:
     ap.add_argument("--units", default=throughput.MONITORING_UNITS, help="fnmatch on NAME.service")
     ap.add_argument("--period", type=float, default=10.0)
     ap.add_argument("--cycles", type=int, default=6, help="cycles of off, on, on, off")
-    ap.add_argument("--cpu", default="0", help="the probe runs on this CPU (data1's, apart)")
+    ap.add_argument("--cpu", default="0", help="the probe runs on this CPU")
     a = ap.parse_args()
+    common.exit_on_hangup()  # the final thaw runs
     os.sched_setaffinity(0, {int(c) for c in a.cpu.split(",")})
     hdir = common.REPO / ".lab" / a.lab / "hosts" / a.host
     # Through the host's overlay root, as Redis writes; its upper directory names the disk.
@@ -104,8 +105,8 @@ def main() -> None:
             acc["ios"] += w1[0] - w0[0]
             acc["sectors"] += w1[1] - w0[1]
     finally:
-        common.signal_units(a.lab, hosts, patterns, signal.SIGCONT)
         path.unlink(missing_ok=True)
+        common.signal_units(a.lab, hosts, patterns, signal.SIGCONT)
     got = {
         ("on" if s else "off"): state_summary(v["lat"], v["s"], v["ios"], v["sectors"])
         for s, v in per_state.items()

@@ -201,6 +201,7 @@ def main() -> None:
     )
     p.add_argument("--from-log", nargs="+", default=[], help="no run: the summary of these")
     a = p.parse_args()
+    common.exit_on_hangup()  # the toggler's final thaw runs
     ratios = from_log(a.from_log)
     if not a.from_log:
         common.ready_for_bursts(a.lab)
