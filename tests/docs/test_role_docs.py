@@ -23,6 +23,10 @@ def spec_options(role: Path) -> dict[str, dict]:
     return specs["argument_specs"]["main"]["options"]
 
 
+def role_defaults(role: Path) -> dict:
+    return yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+
+
 def readme_variables(text: str) -> list[str]:
     """Variables listed in the table(s) of the README's `## Variables` section, in order."""
     match = re.search(r"^## Variables\s*$(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
@@ -43,7 +47,7 @@ def test_every_role_is_checked() -> None:
 @pytest.mark.parametrize("role", all_roles(), ids=lambda p: p.name)
 def test_defaults_follow_argument_specs(role: Path) -> None:
     options = spec_options(role)
-    defaults = list(yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {})
+    defaults = list(role_defaults(role))
     # Required variables (the secrets) may be left out of defaults: roles ship no password.
     expected = [name for name in options if name in defaults or not options[name].get("required")]
     assert defaults == expected, (
@@ -75,10 +79,7 @@ def test_readme_lists_argument_specs(role: Path) -> None:
 def test_client_port_defaults_follow_the_servers() -> None:
     # The app's Redis and PostgreSQL ports default to the servers' own (a client role's default
     # mirrors its server's, so `--tags app` needs no data host's facts); the copies must agree.
-    def defaults(name: str) -> dict:
-        return yaml.safe_load((ROLES / name / "defaults" / "main.yml").read_text())
-
-    app, redis, pg = defaults("celery_app"), defaults("redis"), defaults("postgresql")
+    app, redis, pg = (role_defaults(ROLES / n) for n in ("celery_app", "redis", "postgresql"))
     tls_or_plain = re.compile(r"\{\{\s*(\d+) if celery_app_redis_tls \| bool else (\d+)\s*\}\}")
     mirrored = {
         "celery_app_redis_port": ("redis_tls_port", "redis_port"),
