@@ -20,7 +20,7 @@ TEST_LOGS := .lab/test-logs
 APT_PACKAGES := python3-venv debootstrap systemd-container iptables iproute2 openssh-client rsync \
 	redis-server postgresql apt-cacher-ng chromium chromium-driver
 
-.PHONY: help deps venv tools lab lab-summary lab-up test-deploy lab-down lab-status test lint lint-python lint-ansible test-docs test-app test-monitoring test-molecule test-lane-cluster test-lane-app test-lane-rest lock clean
+.PHONY: help deps venv tools lab lab-summary lab-up test-deploy lab-down lab-status test lint lint-python lint-ansible test-docs test-app test-monitoring test-molecule test-lane-cluster test-lane-rest lock clean
 
 help:
 	@echo "make lab        bring up the local 4-host lab and deploy the bundle on it"
@@ -125,16 +125,16 @@ test-deploy: venv
 test-molecule: deps venv
 	@for s in $(SCENARIOS); do echo "==> molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
-# The quick linters and docs first (seconds, fail early), then three lanes at once: the cluster
-# scenario (the long pole: its fault tests mostly wait); the app tests (they mostly wait too);
-# ansible-lint, then the preflight and the three small scenarios one after the other. The two
-# niced lanes start their heavy part once the cluster is converged. -O prints each lane whole
-# when it ends; a failed lane's last lines, failed tests and fault figures are printed again at
-# the very end, then the cluster's state at each failed test (molecule/cluster/tests/conftest.py).
+# The quick linters and docs first (seconds, fail early), then two lanes at once: the cluster
+# scenario, and ansible-lint, then (once the cluster is converged) the app tests, the preflight
+# and the three small scenarios one after the other (~25 min, beside the cluster's fault tests,
+# which mostly wait). -O prints each lane whole when it ends; a
+# failed lane's last lines, failed tests and fault figures are printed again at the very end, then
+# the cluster's state at each failed test (molecule/cluster/tests/conftest.py).
 test: lint-python test-docs test-monitoring
 	@rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)
-	@echo "==> three lanes at once: cluster scenario | app tests | ansible-lint, preflight, platform redis postgresql (live: tail -f $(TEST_LOGS)/*.log)"
-	@$(MAKE) --no-print-directory -j3 -O test-lane-cluster test-lane-app test-lane-rest REST_WAITS=1 || { \
+	@echo "==> two lanes at once: cluster scenario | ansible-lint, app, preflight, platform redis postgresql (live: tail -f $(TEST_LOGS)/*.log)"
+	@$(MAKE) --no-print-directory -j2 -O test-lane-cluster test-lane-rest REST_WAITS=1 || { \
 		for f in $(TEST_LOGS)/*.failed; do [ -e "$$f" ] || continue; \
 			echo "==> FAILED: $${f%.failed}.log, its last lines:"; tail -n 12 "$${f%.failed}.log"; \
 			echo "==> its failed tests and fault figures:"; sed 's/\x1b\[[0-9;]*m//g' "$${f%.failed}.log" \
@@ -142,28 +142,23 @@ test: lint-python test-docs test-monitoring
 		[ ! -s $(TEST_LOGS)/diagnosis.txt ] || { echo "==> the cluster at each failure:"; head -n 40 $(TEST_LOGS)/diagnosis.txt; }; \
 		exit 1; }
 
-# Inside a lane one thing at a time, its output written as it comes: a make of its own (no -j3,
+# Inside a lane one thing at a time, its output written as it comes: a make of its own (no -j2,
 # no -O from the parent), Python unbuffered.
 LANE = MAKEFLAGS= PYTHONUNBUFFERED=1 $(NICE) $(MAKE) --no-print-directory
 
 test-lane-cluster: deps venv
 	@$(LANE) test-molecule SCENARIOS=cluster 2>&1 | tee $(TEST_LOGS)/cluster.log || { touch $(TEST_LOGS)/cluster.failed; exit 1; }
 
-# The other two lanes, niced. In `make test` (REST_WAITS=1) their heavy part waits until the
-# cluster is converged (molecule/cluster/tests/conftest.py touches cluster.verifying) or its lane
-# failed, at most 30 minutes: the converge and idempotence run alone (twice as slow beside the
-# other tests), these lanes beside the verify's waits.
-test-lane-app: NICE := nice -n 10
-test-lane-app: deps venv
-	@{ { [ -z "$(REST_WAITS)" ] || $(WAIT_FOR_CLUSTER); } && $(LANE) test-app; } 2>&1 \
-		| tee $(TEST_LOGS)/app.log || { touch $(TEST_LOGS)/app.failed; exit 1; }
-
+# The second lane, niced. In `make test` (REST_WAITS=1) its heavy part waits until the cluster is
+# converged (molecule/cluster/tests/conftest.py touches cluster.verifying) or its lane failed, at
+# most 30 minutes: the converge and idempotence run alone (twice as slow beside this lane), this
+# lane beside the verify's waits.
 test-lane-rest: NICE := nice -n 10
 test-lane-rest: deps venv
 	@{ $(LANE) lint-ansible && { [ -z "$(REST_WAITS)" ] || $(WAIT_FOR_CLUSTER); } \
-		&& $(LANE) test-deploy test-molecule SCENARIOS="platform redis postgresql"; } 2>&1 \
+		&& $(LANE) test-app test-deploy test-molecule SCENARIOS="platform redis postgresql"; } 2>&1 \
 		| tee $(TEST_LOGS)/rest.log || { touch $(TEST_LOGS)/rest.failed; exit 1; }
-WAIT_FOR_CLUSTER = { echo "==> waiting for the cluster scenario's converge"; \
+WAIT_FOR_CLUSTER = { echo "==> waiting for the cluster scenario's converge (then: app, preflight, platform redis postgresql)"; \
 	for i in $$(seq 1800); do [ -e $(TEST_LOGS)/cluster.verifying ] || [ -e $(TEST_LOGS)/cluster.failed ] && break; sleep 1; done; }
 
 lock: venv
