@@ -47,6 +47,31 @@ print(json.dumps(ids))
     return ids
 
 
+def send_each(ops1: Any, tokens: list[tuple[str, str]], **kwargs: Any) -> dict[str, Any]:
+    """Send ops.probe(token, **kwargs) for each (token, queue) from ops1, each on its own: a
+    publish refused (a full broker) is counted and the next one still tried. {"accepted": n,
+    "refused": n, "errors": the refusals' distinct messages}."""
+    code = f"""
+import json
+from app.celery_app import celery_app
+out = {{"accepted": 0, "refused": 0, "errors": []}}
+with celery_app.producer_or_acquire() as producer:
+    for token, queue in {tokens!r}:
+        try:
+            celery_app.send_task("ops.probe", args=[token], kwargs={kwargs!r}, queue=queue,
+                                 producer=producer)
+            out["accepted"] += 1
+        except Exception as exc:
+            out["refused"] += 1
+            error = f"{{type(exc).__name__}}: {{exc}}"[:300]
+            if error not in out["errors"]:
+                out["errors"].append(error)
+print(json.dumps(out))
+"""
+    result: dict[str, Any] = app_python(ops1, code, timeout=600)
+    return result
+
+
 def send_many(ops1: Any, prefix: str, n: int, queues: list[str], **kwargs: Any) -> float:
     """Send n probes `prefix-I` (queue I mod len(queues)) from ops1; the seconds it took."""
     code = f"""

@@ -35,6 +35,7 @@ from reliability import (
     probes,
     results_admin,
     send,
+    send_each,
     send_many,
     served_without,
     wait_answering,
@@ -72,19 +73,28 @@ class Load:
     def __init__(self, ops1: Any, label: str) -> None:
         self.ops1, self.prefix = ops1, new_prefix(label)
         self.sent = self.refused = 0
+        self.errors: set[str] = set()  # why publishes were refused (distinct messages)
+        self.failure: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        try:
+            self._send_until_stopped()
+        except Exception as exc:  # the sender itself broke: re-raised by __exit__, not hidden
+            self.failure = exc
+
+    def _send_until_stopped(self) -> None:
         i = 0
         while not self._stop.is_set():
             batch = [(f"{self.prefix}-{i + k}", QUEUES[(i + k) % len(QUEUES)]) for k in range(5)]
             i += len(batch)
-            try:
-                send(self.ops1, batch, sleep_seconds=1)
-                self.sent += len(batch)
-            except AssertionError:  # refused by a full broker: the producer was told, not lost
-                self.refused += len(batch)
+            # Counted per task: a publish refused by a full broker told its producer (not
+            # lost), and the tasks of the same batch sent before it are queued (counted sent).
+            out = send_each(self.ops1, batch, sleep_seconds=1)
+            self.sent += out["accepted"]
+            self.refused += out["refused"]
+            self.errors.update(out["errors"])
             time.sleep(1)
 
     def __enter__(self) -> Load:
@@ -94,6 +104,8 @@ class Load:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(120)
+        if self.failure is not None and exc[0] is None:
+            raise AssertionError(f"the load's sender failed: {self.failure}") from self.failure
 
     def sent_tokens(self) -> int:
         return self.sent
@@ -137,6 +149,7 @@ def test_sigstop_main_process_restarted_by_watchdog(healed: Any) -> None:
         time.sleep(5)
     figure(f"RELIABILITY SIGSTOP main process: restarted and consuming after {recovered:.0f} s")
     assert recovered < 60, f"not restarted within 60 s ({recovered:.0f} s)"
+    assert load.refused == 0, load.errors  # one worker frozen: the broker refuses nothing
     c = wait_done(ops1, load.prefix, load.sent, 200, "SIGSTOP of pricing's main process")
     assert c["duplicated"] == 0, c
     # The known window (docs/RELIABILITY.md, "A consumer frozen or cut off mid-BRPOP"): Redis
@@ -226,6 +239,8 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     )
     assert (c_after["lost"], c["lost"], c_backlog["lost"]) == (0, 0, 0), (c_after, c, c_backlog)
     assert load.refused > 0, "the broker was never full: the fault was not injected"
+    # Refused for being full, and for nothing else (a refusal is counted as told, not lost).
+    assert all("maxmemory" in e for e in load.errors), load.errors
     for name in WORKERS:
         assert instance_states(other_host(name)) == ["active"] * len(INSTANCES)
     wait_answering(ops1, all_nodes(), timeout=60)
@@ -288,7 +303,7 @@ def test_results_store_full_tasks_keep_running(healed: Any) -> None:
     )
     assert at_limit and evictions > 0, "the result store was never full: no fault injected"
     assert results_refused() == refused_before, "result writes were refused: it did not evict"
-    assert (c["lost"], c["duplicated"], load.refused) == (0, 0, 0), c
+    assert (c["lost"], c["duplicated"], load.refused) == (0, 0, 0), (c, load.errors)
     restarted = {w for w in WORKERS if main_pid(other_host(w), "celery-worker@pricing") != pids[w]}
     assert not restarted, f"pricing restarted on {sorted(restarted)} while results were full"
     # The broker is another server: its memory did not take the results' load.
