@@ -239,6 +239,47 @@ def _cgroup_pids(top: str) -> Iterator[int]:
             yield from (int(pid) for pid in (Path(sub) / "cgroup.procs").read_text().split())
 
 
+def unit_ticks(name: str, hosts: list[str]) -> dict[str, int]:
+    """CPU time so far, in jiffies (user + system, with the reaped children's), of every
+    service of `hosts` as "HOST/UNIT", and of each host's processes outside its services as
+    "HOST/-"; read from /proc on this machine (the lab's hosts share its kernel, and this lab has
+    no cpuacct cgroup per host). A process that ended unreaped since the last read is missed."""
+    ticks: dict[str, int] = {}
+    for host in hosts:
+        top = host_cgroup(name, host)
+        for sub, _, _ in os.walk(top):
+            parts = Path(sub).relative_to(top).parts
+            unit = next((u for u in parts if u.endswith(".service")), "-")
+            if "system.slice" not in parts:
+                unit = "-"
+            key = f"{host}/{unit}"
+            for pid in _cgroup_pids_here(sub):
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    f = stat[stat.rfind(")") + 2 :].split()  # f[0] is field 3 (state)
+                    ticks[key] = ticks.get(key, 0) + sum(int(v) for v in f[11:15])
+    return ticks
+
+
+def _cgroup_pids_here(path: str) -> list[str]:
+    """The processes of one cgroup (not its children); none if it vanished."""
+    try:
+        return (Path(path) / "cgroup.procs").read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def cpu_times_each() -> dict[str, tuple[int, int]]:
+    """Each CPU's (busy, total) time in jiffies, from /proc/stat: {"cpu0": ..., "cpu1": ...}."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            fields = [int(v) for v in values]
+            out[name] = (sum(fields) - fields[3] - fields[4], sum(fields))
+    return out
+
+
 def signal_units(name: str, hosts: list[str], patterns: list[str], sig: int) -> int:
     """Send `sig` to every process of the services whose unit names match `patterns` (fnmatch
     on NAME.service, e.g. 'prometheus*') on `hosts`, from this machine: the lab's hosts share

@@ -29,6 +29,14 @@ in either state; with the local signals by 1 % on shared cores, 3-6 % either way
 the metrics host apart). Printed per kind: that balanced ratio with ±2 standard errors, each
 order's own geometric mean, and the median pair.
 
+Where a cost goes: at each boundary the CPU time of every service of every host and of each CPU
+is read from /proc (common.unit_ticks, ~30 ms, inside the boundary's excluded time); per state,
+each service's CPU per task ended and each CPU's busy share are printed ("cpu_summary"; pooled
+over runs in the summary as "KIND:cpu"). With the workers' CPU saturated, a throughput cost of x %
+is x % more CPU per task there: the services whose CPU per task grows with the metrics on say
+whose it is, and a cost spread evenly over all of them is the machine's (caches, the host),
+not a service's work.
+
 `--ops1-cpu 1`: ops1 on CPU 1, the other hosts on the rest (common.ops1_apart), the layout of real
 servers, where Prometheus, Alertmanager and the Celery exporter run on a host of their own and
 only a node exporter (and, on the data host, the Redis and PostgreSQL exporters) shares the
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import signal
 import statistics
@@ -65,16 +74,24 @@ def metrics_on(k: int) -> bool:
 Marks = list[tuple[float, float, bool]]
 
 
-def freeze_toggler(lab: str, period: float, marks: Marks, units: str) -> Any:
+# Per boundary, after its signals: every service's CPU so far (common.unit_ticks) and each CPU's.
+Snaps = list[tuple[dict[str, int], dict[str, tuple[int, int]]]]
+
+
+def freeze_toggler(lab: str, period: float, marks: Marks, units: str, snaps: Snaps) -> Any:
     """While the burst runs: every `period` s the next interval's state of `units`, set on every
     host at once from this machine (common.signal_units: milliseconds, no SSH); each boundary
-    appended to `marks`."""
+    appended to `marks`, the CPU read there (inside the boundary's excluded time) to `snaps`."""
     hosts, patterns = common.every_host(lab), shlex.split(units)
+
+    def snap() -> None:
+        snaps.append((common.unit_ticks(lab, hosts), common.cpu_times_each()))
 
     def run(p: subprocess.Popen[str]) -> None:
         state, k = True, 0
         now = time.time()
-        marks.append((now, now, True))
+        snap()
+        marks.append((now, time.time(), True))
         try:
             while p.poll() is None:
                 time.sleep(max(0.0, marks[0][0] + (k + 1) * period - time.time()))
@@ -85,6 +102,7 @@ def freeze_toggler(lab: str, period: float, marks: Marks, units: str) -> Any:
                     if not common.signal_units(lab, hosts, patterns, sig):
                         raise RuntimeError(f"no process of {units} on {hosts}")
                     state = want
+                snap()
                 marks.append((began, time.time(), state))
         finally:
             common.signal_units(lab, hosts, patterns, signal.SIGCONT)
@@ -113,6 +131,58 @@ def intervals(marks: Marks, by_name: dict[str, list[float]]) -> list[dict[str, A
     return out
 
 
+def cpu_by_state(rows: list[dict[str, Any]], snaps: Snaps) -> dict[str, Any]:
+    """Over the kept intervals, per state ([on, off]): the tasks ended, each service's CPU
+    (jiffies, "HOST/UNIT") and each CPU's [busy, total] jiffies. Where the throughput's cost
+    goes: a service whose CPU per task differs between the states, or a CPU that is not busy."""
+    out: dict[str, Any] = {"tasks": [0, 0], "ticks": {}, "busy": {}}
+    for row in rows:
+        k, i = row["k"], 0 if row["on"] else 1
+        (u0, c0), (u1, c1) = snaps[k], snaps[k + 1]
+        out["tasks"][i] += round(row["tasks_per_s"] * row["s"])
+        for key in u0.keys() | u1.keys():
+            out["ticks"].setdefault(key, [0, 0])[i] += u1.get(key, 0) - u0.get(key, 0)
+        for cpu in c1:
+            busy = out["busy"].setdefault(cpu, [[0, 0], [0, 0]])[i]
+            busy[0] += c1[cpu][0] - c0[cpu][0]
+            busy[1] += c1[cpu][1] - c0[cpu][1]
+    return out
+
+
+def cpu_summary(cpus: list[dict[str, Any]]) -> dict[str, Any]:
+    """cpu_by_state of one or more runs pooled: each service's CPU per task, ms [on, off] and
+    on - off, the largest differences first (those of ≥ 0.02 ms either way), their total; each
+    CPU's busy share [on, off]."""
+    hz = os.sysconf("SC_CLK_TCK")
+    tasks = [sum(c["tasks"][i] for c in cpus) for i in (0, 1)]
+    if not min(tasks):
+        return {}
+    ticks: dict[str, list[int]] = {}
+    busy: dict[str, list[list[int]]] = {}
+    for c in cpus:
+        for key, (on, off) in c["ticks"].items():
+            t = ticks.setdefault(key, [0, 0])
+            t[0], t[1] = t[0] + on, t[1] + off
+        for cpu, states in c["busy"].items():
+            b = busy.setdefault(cpu, [[0, 0], [0, 0]])
+            for i in (0, 1):
+                b[i] = [b[i][0] + states[i][0], b[i][1] + states[i][1]]
+    ms = {k: [1000 * t[i] / hz / tasks[i] for i in (0, 1)] for k, t in ticks.items()}
+    per_task = {k: v for k, v in ms.items() if max(v) >= 0.02}
+    return {
+        "tasks": tasks,
+        "ms_per_task_all": [round(sum(v[i] for v in ms.values()), 3) for i in (0, 1)],
+        "ms_per_task": {
+            k: [round(v[0], 3), round(v[1], 3), round(v[0] - v[1], 3)]
+            for k, v in sorted(per_task.items(), key=lambda kv: -abs(kv[1][0] - kv[1][1]))
+        },
+        "busy": {
+            cpu: [round(b[i][0] / b[i][1], 3) if b[i][1] else None for i in (0, 1)]
+            for cpu, b in sorted(busy.items())
+        },
+    }
+
+
 def pairs(rows: list[dict[str, Any]], name: str = "") -> list[tuple[str, float]]:
     """Per pair of neighbouring intervals (3,4), (5,6)...: its order ("on,off" or "off,on", in
     turn: metrics_on) and with/without; of every task, or of one task name's (the mix's)."""
@@ -135,8 +205,9 @@ def by_name(rows: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
     return {f"mix:{n.split('.')[0]}": pairs(rows, n) for n in names}
 
 
-# Per kind (and "mix:NAME"), the pairs of each run.
+# Per kind (and "mix:NAME"), the pairs of each run; per kind, the CPU of each run (cpu_by_state).
 Ratios = dict[str, list[list[tuple[str, float]]]]
+Cpus = dict[str, list[dict[str, Any]]]
 
 
 def add_run(ratios: Ratios, kind: str, rows: list[dict[str, Any]], got: list[Any]) -> None:
@@ -145,14 +216,16 @@ def add_run(ratios: Ratios, kind: str, rows: list[dict[str, Any]], got: list[Any
         ratios.setdefault(key, []).append(named)
 
 
-def from_log(paths: list[str]) -> Ratios:
-    """The pairs of earlier runs: every run's line in these outputs."""
+def from_log(paths: list[str], cpus: Cpus) -> Ratios:
+    """The pairs of earlier runs: every run's line in these outputs (and its CPU, if read)."""
     ratios: Ratios = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             r = json.loads(line) if line.startswith('{"bench": "metrics_freeze"') else {}
             if r.get("bench") == "metrics_freeze":
                 add_run(ratios, r["kind"], r["intervals"], r["pairs"])
+                if "cpu" in r:
+                    cpus.setdefault(r["kind"], []).append(r["cpu"])
     return ratios
 
 
@@ -202,38 +275,45 @@ def main() -> None:
     p.add_argument("--from-log", nargs="+", default=[], help="no run: the summary of these")
     a = p.parse_args()
     common.exit_on_hangup()  # the toggler's final thaw runs
-    ratios = from_log(a.from_log)
+    cpus: Cpus = {}
+    ratios = from_log(a.from_log, cpus)
     if not a.from_log:
         common.ready_for_bursts(a.lab)
         with common.ops1_apart(a.lab, a.ops1_cpu):
-            runs(a, ratios)
+            runs(a, ratios, cpus)
     out = {kind: summary(got) for kind, got in ratios.items()}
+    out |= {f"{kind}:cpu": cpu_summary(got) for kind, got in cpus.items()}
     print(json.dumps({"bench": "metrics_freeze-summary", "load": common.load(), **out}, indent=2))
 
 
-def runs(a: Any, ratios: Ratios) -> None:
-    """The runs, each kind's pairs added to `ratios`, a JSON line per run and kind."""
+def runs(a: Any, ratios: Ratios, cpus: Cpus) -> None:
+    """The runs, each kind's pairs added to `ratios` and CPU to `cpus`, a JSON line per run and
+    kind."""
     for run in range(1, min(a.runs, 10) + 1):
         for kind in a.kinds.split(","):
             marks: Marks = []
+            snaps: Snaps = []
             r = common.held_burst(
                 a.lab,
                 kind,
                 int(COUNTS[kind] * a.scale),
                 throughput.UNITS_STOP,
                 throughput.UNITS_START,
-                while_running=freeze_toggler(a.lab, a.period, marks, a.units),
+                while_running=freeze_toggler(a.lab, a.period, marks, a.units, snaps),
                 timeline=True,
             )
             rows = intervals(marks, r.pop("ends"))
             got = pairs(rows)
             add_run(ratios, kind, rows, got)
+            cpu = cpu_by_state(rows, snaps)
+            cpus.setdefault(kind, []).append(cpu)
             common.emit(
                 {"bench": "metrics_freeze", "run": run, **r, "period_s": a.period}
                 | {"signals": "local"}
                 | ({"ops1_cpu": a.ops1_cpu} if a.ops1_cpu else {})
                 | ({"units": a.units} if a.units != throughput.MONITORING_UNITS else {})
                 | {"intervals": rows, "pairs": [[o, round(x, 4)] for o, x in got]}
+                | {"cpu_summary": cpu_summary([cpu]), "cpu": cpu}
             )
 
 
