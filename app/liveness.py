@@ -117,9 +117,20 @@ class Liveness:
 
     def _run(self) -> None:
         period = (watchdog_seconds() or 20.0) / 4
+        wait = period
         while True:
-            time.sleep(period)
+            slept_from = time.monotonic()
+            time.sleep(wait)
+            paused = time.monotonic() - slept_from > wait + LOOP_STAMP_INTERVAL
+            wait = period
             if self.stopping or not self.ready:
+                continue
+            if paused:
+                # The whole process was paused (SIGSTOP then SIGCONT, a frozen VM or cgroup):
+                # its loop could not stamp meanwhile either, so a stale stamp now says nothing.
+                # No verdict and no WATCHDOG=1 (a process kept paused is still killed); judged
+                # again soon, once the loop has had time to turn.
+                wait = min(period, LOOP_STALE_AFTER / 2)
                 continue
             problem = self.problem()
             if problem:

@@ -25,7 +25,7 @@ from conftest import ENV, ROOT, WORK, taskctl, worker_argv
 from services import RedisServer, certificates, free_port, wait_for
 from test_worker_lifecycle import counts
 
-from app import health
+from app import health, liveness
 from app.celery_app import celery_app
 
 BROKER_DB, RESULT_DB = 6, 7
@@ -133,8 +133,15 @@ def test_ready_status_and_watchdog_only_while_alive(notified: Any) -> None:
     seen = len(worker.notify.messages)
     time.sleep(4)
     assert not [m for m in worker.notify.drain()[seen:] if "WATCHDOG=1" in m]
+    # Stopped longer than a stamp may be old (liveness.LOOP_STALE_AFTER), then resumed: fed
+    # again, and never called dead for the pause (its loop could not stamp while it was stopped;
+    # the bench's freezes had a healthy exporter killed that way).
+    time.sleep(liveness.LOOP_STALE_AFTER + 1 - 4.5)
+    seen = len(worker.notify.drain())
     os.kill(worker.proc.pid, signal.SIGCONT)
     worker.notify.wait("WATCHDOG=1", 10)
+    called_dead = [m for m in worker.notify.messages[seen:] if "not alive" in m]
+    assert not called_dead, worker.notify.messages[seen:]
     # systemctl stop: STOPPING=1, then the process exits on its own.
     worker.proc.send_signal(signal.SIGTERM)
     worker.notify.wait("STOPPING=1", 10)
