@@ -103,11 +103,26 @@ def lab_down(name: str) -> None:
     lab("down", name=name)
 
 
+def _cpu_lines() -> dict[str, tuple[int, int]]:
+    """(busy, total) CPU time in jiffies of every `cpu` line of /proc/stat: "cpu" (all CPUs),
+    "cpu0", "cpu1"..."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu"):
+            fields = [int(v) for v in values]
+            out[name] = (sum(fields) - fields[3] - fields[4], sum(fields))  # idle + iowait
+    return out
+
+
 def cpu_times() -> tuple[int, int]:
     """The machine's (busy, total) CPU time in jiffies, from /proc/stat (all CPUs)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return _cpu_lines()["cpu"]
+
+
+def cpu_times_each() -> dict[str, tuple[int, int]]:
+    """Each CPU's (busy, total) time in jiffies, from /proc/stat: {"cpu0": ..., "cpu1": ...}."""
+    return {name: times for name, times in _cpu_lines().items() if name != "cpu"}
 
 
 def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -235,8 +250,7 @@ def host_cgroup(name: str, host: str) -> Path:
 def _cgroup_pids(top: str) -> Iterator[int]:
     """The processes of a cgroup and of its children; one that ends meanwhile is skipped."""
     for sub, _, _ in os.walk(top):  # os.walk skips a directory that vanished
-        with contextlib.suppress(FileNotFoundError):
-            yield from (int(pid) for pid in (Path(sub) / "cgroup.procs").read_text().split())
+        yield from (int(pid) for pid in _cgroup_pids_here(sub))
 
 
 def unit_ticks(name: str, hosts: list[str]) -> dict[str, int]:
@@ -249,10 +263,10 @@ def unit_ticks(name: str, hosts: list[str]) -> dict[str, int]:
         top = host_cgroup(name, host)
         for sub, _, _ in os.walk(top):
             parts = Path(sub).relative_to(top).parts
-            unit = next((u for u in parts if u.endswith(".service")), "-")
-            if "system.slice" not in parts:
-                unit = "-"
-            key = f"{host}/{unit}"
+            services = (
+                [u for u in parts if u.endswith(".service")] if "system.slice" in parts else []
+            )
+            key = f"{host}/{services[0] if services else '-'}"
             for pid in _cgroup_pids_here(sub):
                 with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -267,17 +281,6 @@ def _cgroup_pids_here(path: str) -> list[str]:
         return (Path(path) / "cgroup.procs").read_text().split()
     except FileNotFoundError:
         return []
-
-
-def cpu_times_each() -> dict[str, tuple[int, int]]:
-    """Each CPU's (busy, total) time in jiffies, from /proc/stat: {"cpu0": ..., "cpu1": ...}."""
-    out = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *values = line.split()
-        if name.startswith("cpu") and name != "cpu":
-            fields = [int(v) for v in values]
-            out[name] = (sum(fields) - fields[3] - fields[4], sum(fields))
-    return out
 
 
 def signal_units(name: str, hosts: list[str], patterns: list[str], sig: int) -> int:
