@@ -30,46 +30,41 @@ def new_prefix(name: str) -> str:
     return f"rel-{re.sub(r'[^a-z0-9]', '', name.lower())}-{uuid.uuid4().hex[:8]}"
 
 
-def send(ops1: Any, tokens: list[tuple[str, str]], **kwargs: Any) -> list[str]:
-    """Send ops.probe(token, **kwargs) for each (token, queue) from ops1; the task ids."""
-    code = f"""
-import json
-from app.celery_app import celery_app
-ids = []
-with celery_app.producer_or_acquire() as producer:
-    for token, queue in {tokens!r}:
-        r = celery_app.send_task("ops.probe", args=[token], kwargs={kwargs!r}, queue=queue,
-                                 producer=producer)
-        ids.append(r.id)
-print(json.dumps(ids))
-"""
-    ids: list[str] = app_python(ops1, code, timeout=600)
-    return ids
-
-
 def send_each(ops1: Any, tokens: list[tuple[str, str]], **kwargs: Any) -> dict[str, Any]:
     """Send ops.probe(token, **kwargs) for each (token, queue) from ops1, each on its own: a
-    publish refused (a full broker) is counted and the next one still tried. {"accepted": n,
-    "refused": n, "errors": the refusals' distinct messages}."""
+    publish refused (a full broker) is counted and the next one still tried. {"ids": the
+    accepted tasks' ids, "refused": n, "errors": the refusals' distinct messages}."""
     code = f"""
-import json
+import json, traceback
 from app.celery_app import celery_app
-out = {{"accepted": 0, "refused": 0, "errors": []}}
-with celery_app.producer_or_acquire() as producer:
-    for token, queue in {tokens!r}:
-        try:
-            celery_app.send_task("ops.probe", args=[token], kwargs={kwargs!r}, queue=queue,
-                                 producer=producer)
-            out["accepted"] += 1
-        except Exception as exc:
-            out["refused"] += 1
-            error = f"{{type(exc).__name__}}: {{exc}}"[:300]
-            if error not in out["errors"]:
-                out["errors"].append(error)
+out = {{"ids": [], "refused": 0, "errors": []}}
+for token, queue in {tokens!r}:
+    # A producer from the pool per task, as each API request takes one: kombu can leave a
+    # producer whose publish failed on a closed channel, and reusing it fails for that reason.
+    try:
+        r = celery_app.send_task("ops.probe", args=[token], kwargs={kwargs!r}, queue=queue)
+        out["ids"].append(r.id)
+    except Exception as exc:
+        out["refused"] += 1
+        error = f"{{type(exc).__name__}}: {{exc}}"[:300]
+        if "maxmemory" not in error:  # unexpected: where it came from, for the report
+            error += " at " + " < ".join(
+                f"{{f.name}}:{{f.lineno}}" for f in traceback.extract_tb(exc.__traceback__)[-4:]
+            )
+        if error not in out["errors"]:
+            out["errors"].append(error)
 print(json.dumps(out))
 """
     result: dict[str, Any] = app_python(ops1, code, timeout=600)
     return result
+
+
+def send(ops1: Any, tokens: list[tuple[str, str]], **kwargs: Any) -> list[str]:
+    """send_each that must be accepted whole (a healthy broker); the task ids."""
+    out = send_each(ops1, tokens, **kwargs)
+    assert not out["refused"], f"{out['refused']} of {len(tokens)} refused: {out['errors']}"
+    ids: list[str] = out["ids"]
+    return ids
 
 
 def send_many(ops1: Any, prefix: str, n: int, queues: list[str], **kwargs: Any) -> float:

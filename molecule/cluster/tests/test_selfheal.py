@@ -92,7 +92,7 @@ class Load:
             # Counted per task: a publish refused by a full broker told its producer (not
             # lost), and the tasks of the same batch sent before it are queued (counted sent).
             out = send_each(self.ops1, batch, sleep_seconds=1)
-            self.sent += out["accepted"]
+            self.sent += len(out["ids"])
             self.refused += out["refused"]
             self.errors.update(out["errors"])
             time.sleep(1)
