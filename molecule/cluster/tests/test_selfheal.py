@@ -6,7 +6,8 @@ instance `active` but dead, each injected under live load with consumers running
 - `systemctl stop` during a task longer than the stop grace: its message is back in its queue at
   once (another host runs it within seconds), not after the visibility timeout.
 - The broker at maxmemory for 30 s while tasks flow: 0 lost, 0 run twice, no instance wedged or
-  restarted, new tasks run within 60 s of memory being freed, no step by hand.
+  restarted, new tasks run within 60 s of memory being freed and beat sends again, no step by
+  hand.
 - The result store (its own Redis) at maxmemory for 30 s: it evicts, tasks keep running.
 - `systemctl status` shows each instance's live STATUS line.
 """
@@ -212,7 +213,7 @@ ORIGINAL_MAXMEMORY: dict[str, str] = {}
 
 def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     """Broker at maxmemory for 30 s while probes flow: 0 lost, 0 run twice, no instance wedged,
-    new tasks complete within 60 s of memory being freed, nothing done by hand."""
+    new tasks complete within 60 s of memory being freed, beat sends again, nothing by hand."""
     ops1 = healed
     ORIGINAL_MAXMEMORY["value"] = broker_admin("CONFIG GET maxmemory").splitlines()[-1]
     pids = {w: main_pid(other_host(w), "celery-worker@pricing") for w in WORKERS}
@@ -225,17 +226,21 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
         broker_admin(f"CONFIG SET maxmemory {used // 2}")  # full now: writes refused
         time.sleep(30)
         broker_admin(f"CONFIG SET maxmemory {ORIGINAL_MAXMEMORY['value']}")
-        freed = time.monotonic()
+        freed, freed_at = time.monotonic(), time.time()
         time.sleep(5)
     after = new_prefix("afterfull")
     send(ops1, [(f"{after}-{q}", q) for q in QUEUES])
     c_after = wait_done(ops1, after, len(QUEUES), 60, "new tasks after the broker was freed")
     recovered = time.monotonic() - freed
+    # Beat publishes through one long-lived producer, refused all along: it must send again by
+    # itself (its entries fire every 10 s here), not only pass its liveness check.
+    beat_back = beat_sends_after(freed_at, timeout=60)
     c = wait_done(ops1, load.prefix, load.sent, 240, "broker full for 30 s under load")
     c_backlog = wait_done(ops1, backlog, 300, 240, "backlog consumed while the broker was full")
     figure(
         f"RELIABILITY broker full: {load.refused} refused at publish (producer told), "
-        f"new tasks done {recovered:.0f} s after memory was freed"
+        f"new tasks done {recovered:.0f} s after memory was freed, beat sending again after "
+        f"{beat_back:.0f} s"
     )
     assert (c_after["lost"], c["lost"], c_backlog["lost"]) == (0, 0, 0), (c_after, c, c_backlog)
     assert load.refused > 0, "the broker was never full: the fault was not injected"
@@ -251,6 +256,19 @@ def test_broker_full_for_30_s_under_load(healed: Any) -> None:
     # Acks go through while the broker is full (app/broker.py): nothing may run twice.
     twice = c["duplicated"] + c_backlog["duplicated"] + c_after["duplicated"]
     assert twice == 0, (c, c_backlog, c_after)
+
+
+def beat_sends_after(wall: float, timeout: float) -> float:
+    """Seconds from `wall` (epoch) to beat's first send after it, as beat records each send in
+    the broker (beat:last_sent, app/liveness.py); fails after `timeout` s without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = broker_admin("HGETALL beat:last_sent").splitlines()
+        latest = max((float(v) for v in fields[1::2]), default=0.0)
+        if latest > wall:
+            return latest - wall
+        assert time.monotonic() < deadline, f"beat sent nothing in {timeout:.0f} s: {fields}"
+        time.sleep(2)
 
 
 # 4 MiB of junk per call (400 keys of 10 KiB), written by the admin in one script: newer than
