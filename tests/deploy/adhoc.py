@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,3 +48,16 @@ def run_module(module: str, args: dict[str, Any], *flags: str) -> dict[str, Any]
     # one line: "localhost | CHANGED => {...}" (or SUCCESS / FAILED!), --diff's lines before it
     line = next(x for x in out.stdout.splitlines() if x.startswith("localhost |"))
     return dict(json.loads(line.split("=>", 1)[1]), status=line.split()[2])
+
+
+def tasks(path: Path) -> list[dict[str, Any]]:
+    """The tasks of a task or handler file, or the plays of a playbook, blocks opened."""
+    out: list[dict[str, Any]] = []
+    for task in yaml.safe_load(path.read_text()) or []:
+        out.extend(_tasks_of(task))
+    return out
+
+
+def _tasks_of(task: dict[str, Any]) -> list[dict[str, Any]]:
+    inner = [t for key in ("block", "rescue", "always", "tasks") for t in task.get(key) or []]
+    return [task] + [x for t in inner for x in _tasks_of(t)]

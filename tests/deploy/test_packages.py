@@ -10,24 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from adhoc import tasks
 
 REPO = Path(__file__).resolve().parents[2]
 APT = "ansible.builtin.apt"
 # A preflight's announcement: its role's list added to the host's (`bundle_packages`).
 ANNOUNCE = r"bundle_packages \| default\(\[\]\) \+ (\w+)"
-
-
-def tasks(path: Path) -> list[dict[str, Any]]:
-    """The tasks of a task file, blocks opened."""
-    out: list[dict[str, Any]] = []
-    for task in yaml.safe_load(path.read_text()) or []:
-        out.extend(tasks_of(task))
-    return out
-
-
-def tasks_of(task: dict[str, Any]) -> list[dict[str, Any]]:
-    inner = [t for key in ("block", "rescue", "always") for t in task.get(key, [])]
-    return [task] + [x for t in inner for x in tasks_of(t)]
 
 
 def apt_steps() -> dict[str, list[dict[str, Any]]]:

@@ -1,0 +1,43 @@
+"""No task hands a secret to a host through `environment:`: Ansible runs the module as
+`sh -c 'NAME=value python3 ...'`, so the value sits in that shell's command line, which any user
+of the host reads in /proc while the task runs (the cluster's lockdown test caught the Redis admin
+password so, during a `site.yml --check`). A task gives a secret on its stdin instead
+(roles/redis: `redis_admin_login`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from adhoc import ROOT, tasks
+
+SECRET = re.compile(r"password|secret|token|passphrase|private_key", re.IGNORECASE)
+
+
+def task_files() -> list[Path]:
+    patterns = ("roles/*/tasks/*.yml", "roles/*/handlers/*.yml", "playbooks/*.yml", "site.yml")
+    return sorted(path for pattern in patterns for path in ROOT.glob(pattern))
+
+
+def test_no_secret_in_a_tasks_environment() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}: {task.get('name', '?')}: {name}"
+        for path in task_files()
+        for task in tasks(path)
+        for name, value in (task.get("environment") or {}).items()
+        if SECRET.search(f"{name} {value}")
+    ]
+    assert len(task_files()) > 20 and not found, found
+
+
+def test_the_check_finds_a_secret_in_environment(tmp_path: Path) -> None:
+    """The check above can fail: the task the lockdown test caught, as it was."""
+    path = tmp_path / "main.yml"
+    path.write_text(
+        "- name: Check that each instance answers the admin user\n"
+        "  ansible.builtin.command: redis-cli PING\n"
+        "  environment:\n"
+        "    REDISCLI_AUTH: '{{ redis_admin_password }}'\n"
+    )
+    (task,) = tasks(path)
+    assert any(SECRET.search(f"{k} {v}") for k, v in task["environment"].items())
