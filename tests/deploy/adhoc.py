@@ -59,5 +59,6 @@ def tasks(path: Path) -> list[dict[str, Any]]:
 
 
 def _tasks_of(task: dict[str, Any]) -> list[dict[str, Any]]:
-    inner = [t for key in ("block", "rescue", "always", "tasks") for t in task.get(key) or []]
+    keys = ("block", "rescue", "always", "pre_tasks", "tasks", "post_tasks", "handlers")
+    inner = [t for key in keys for t in task.get(key) or []]
     return [task] + [x for t in inner for x in _tasks_of(t)]
